@@ -1,0 +1,1 @@
+"""streamvsr's application layer: settings and the command line (the WebRTC server builds on it)."""

@@ -1,0 +1,211 @@
+"""The ``streamvsr`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("streamvsr")
+
+ENGINE_FLAGS = {
+    # flag: (settings key, help)
+    "--engine": ("kind", "stream-diffvsr, bicubic or auto (Stream-DiffVSR if a GPU and weights)"),
+    "--model": ("model", "Hugging Face model id or local checkpoint folder"),
+    "--revision": ("revision", "hub revision (branch, tag or commit)"),
+    "--device": ("device", "auto, cpu, cuda, cuda:N or mps"),
+    "--dtype": ("dtype", "auto, fp32, fp16 or bf16"),
+    "--steps": ("steps", "denoising steps (the model is distilled for 4)"),
+    "--flow-model": ("flow_model", "raft_large or raft_small"),
+    "--flow-resolution": ("flow_resolution", "hr (reference: RAFT on bicubic x4) or lr (faster)"),
+    "--flow-weights": ("flow_weights", "RAFT state-dict file ('random' for speed tests only)"),
+    "--attention": ("attention", "sdpa (default) or xformers"),
+    "--unet": ("unet", "UNet override: component folder or weights file"),
+    "--controlnet": ("controlnet", "ControlNet override: component folder or weights file"),
+    "--vae": ("vae", "temporal VAE override: component folder or weights file"),
+    "--seed": ("seed", "noise seed of the first session"),
+}
+INT_KEYS = {"steps", "seed"}
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine (defaults from configs/default.yaml)")
+    group.add_argument("--config", metavar="YAML", help="settings file layered over the defaults")
+    for flag, (key, text) in ENGINE_FLAGS.items():
+        group.add_argument(
+            flag,
+            dest=f"engine_{key}",
+            type=int if key in INT_KEYS else str,
+            help=text,
+            default=None,
+        )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: getattr(args, f"engine_{key}")
+        for key, _ in ENGINE_FLAGS.values()
+        if getattr(args, f"engine_{key}", None) is not None
+    }
+    return load_settings(getattr(args, "config", None), overrides={"engine": overrides})
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'320x180' (width x height) -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 320x180, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,2,4, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("session counts must be >= 1")
+    return values
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from engine import download
+
+    engine = _settings(args).engine
+    root = download(engine.model, engine.revision)
+    print(f"model {engine.model} is in {root}; RAFT weights are in the torch cache")
+    return 0
+
+
+def cmd_random_checkpoint(args: argparse.Namespace) -> int:
+    from engine import write_random_checkpoint
+
+    path = write_random_checkpoint(args.path, size=args.size, seed=args.seed)
+    print(f"wrote a {args.size} random-weight checkpoint to {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.engine import Case, format_table, run_all, to_json
+
+    engine = _settings(args).engine
+    height, width = args.size
+    common = dict(
+        model=engine.model,
+        height=height,
+        width=width,
+        frames=args.frames,
+        warmup=args.warmup,
+        seed=engine.seed or 0,
+    )
+    options = engine.engine_options()
+    cases = []
+    if engine.kind != "bicubic":
+        cases += [
+            Case("stream-diffvsr", options=options, sessions=s, **common) for s in args.sessions
+        ]
+        if args.baseline:
+            cases.append(
+                Case("reference-loop", options={**options, "flow_resolution": "hr"}, **common)
+            )
+    if engine.kind == "bicubic" or args.bicubic:
+        device = "cpu" if engine.device == "auto" else engine.device
+        cases += [
+            Case("bicubic", options={"device": device}, sessions=s, **common) for s in args.sessions
+        ]
+    results = run_all(cases, isolate=not args.in_process)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(to_json(results) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamvsr",
+        description="Real-time 4x video super-resolution with Stream-DiffVSR.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "download",
+        help="prefetch the model and RAFT weights into the local caches",
+        description="Download everything the engine needs (model files from the "
+        "Hugging Face hub into HF_HOME, RAFT weights into TORCH_HOME), so that "
+        "later runs work offline (HF_HUB_OFFLINE=1).",
+    )
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure the engine: ms per frame by stage, batching, baseline",
+        description="Run the engine on synthetic moving video and report ms per "
+        "frame by stage, frames/s and peak memory, as a table and optionally JSON.",
+    )
+    _add_engine_flags(p)
+    p.add_argument(
+        "--size", type=_size, default=(64, 64), metavar="WxH", help="LR input size (default 64x64)"
+    )
+    p.add_argument("--frames", type=int, default=50, help="frames per session (default 50)")
+    p.add_argument("--warmup", type=int, default=3, help="frames not timed (default 3)")
+    p.add_argument(
+        "--sessions",
+        type=_int_list,
+        default=[1],
+        metavar="N[,N...]",
+        help="session counts to batch together, e.g. 1,2,4,8 (default 1)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the reference-style whole-sequence loop on the same weights",
+    )
+    p.add_argument("--bicubic", action="store_true", help="also run the bicubic engine")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run cases in this process (faster start, memory numbers shared)",
+    )
+    p.add_argument("--json", metavar="FILE", help="write results as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "random-checkpoint",
+        help="write a random-weight checkpoint in the official layout",
+        description="Write a checkpoint with random weights in the official "
+        "on-disk layout: 'tiny' for trying things on a CPU, 'full' (official "
+        "shapes, ~3 GB) for speed benchmarks. Its output is noise, not video.",
+    )
+    p.add_argument("path", help="folder to create")
+    p.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_random_checkpoint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from engine import EngineError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, EngineError) as exc:
+        print(f"streamvsr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streamvsr: interrupted", file=sys.stderr)
+        return 130
