@@ -1,0 +1,1 @@
+"""Benchmarks: the engine by stage, batching across sessions, and the reference-style baseline."""

@@ -1,0 +1,223 @@
+"""Engine benchmark: ms per frame by stage, cross-session batching, and the reference-loop baseline.
+
+Each case runs in its own process so that its peak memory is its own. Results are a list of dicts
+(printed as a table, optionally written as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+
+@dataclass
+class Case:
+    """One benchmark run: an engine kind with its settings, on ``sessions`` streams."""
+
+    kind: str  # "stream-diffvsr" | "bicubic" | "reference-loop"
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    height: int = 64
+    width: int = 64
+    frames: int = 50
+    warmup: int = 3
+    sessions: int = 1
+    seed: int = 0
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; ``peak`` is the largest value seen."""
+
+    def __init__(self, interval: float = 0.005):
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """Run one case in this process (see ``run_isolated`` for a fresh process)."""
+    from engine import BicubicEngine, FrameRequest, StageTimer, load_engine
+
+    from .frames import moving_frames
+
+    torch.manual_seed(case.seed)
+    if case.kind == "bicubic":
+        engine = BicubicEngine(case.options.get("device", "cpu"))
+    else:
+        engine = load_engine(case.model, **case.options)
+    clips = [
+        moving_frames(case.height, case.width, case.frames, seed=case.seed + s)
+        for s in range(case.sessions)
+    ]
+    if case.kind == "reference-loop":
+        return _run_reference(engine, case, clips[0])
+    timer = StageTimer(engine.device)
+    states = [engine.new_session(case.seed + s) for s in range(case.sessions)]
+    cuda = engine.device.type == "cuda"
+    last: list[np.ndarray] = []
+    tick_times = []
+    with PeakRSS() as rss:
+        rss_before = rss.process.memory_info().rss
+        for n in range(case.frames):
+            if n == case.warmup:
+                timer.reset()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(engine.device)
+            start = time.perf_counter()
+            requests = [FrameRequest(states[s], clips[s][n]) for s in range(case.sessions)]
+            results = engine.step(requests, timer=timer)
+            states = [r.state for r in results]
+            if n >= case.warmup:
+                tick_times.append(time.perf_counter() - start)
+            last = [r.frame.numpy() for r in results]
+    return _summary(case, engine, tick_times, timer.reset(), rss, rss_before, last[0])
+
+
+def _run_reference(engine, case: Case, frames: list[np.ndarray]) -> dict[str, Any]:
+    from diffusers import DDIMScheduler
+
+    from engine import StageTimer
+    from engine.loading import resolve_checkpoint
+
+    from .reference_loop import upscale_sequence
+
+    scheduler = DDIMScheduler.from_pretrained(resolve_checkpoint(case.model), subfolder="scheduler")
+    timer = StageTimer(engine.device)
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    with PeakRSS() as rss:
+        rss_before = rss.process.memory_info().rss
+        start = time.perf_counter()
+        outputs = upscale_sequence(engine, scheduler, frames, case.seed, timer=timer)
+        total = time.perf_counter() - start
+    ticks = [total / len(frames)] * len(frames)
+    return _summary(case, engine, ticks, timer.reset(), rss, rss_before, outputs[-1], case.frames)
+
+
+def _summary(case, engine, tick_times, stages, rss, rss_before, last_frame, frames_per_stage=None):
+    measured = len(tick_times)
+    per_tick = float(np.mean(tick_times)) if tick_times else float("nan")
+    result = {
+        "engine": case.kind,
+        "model": case.model,
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "lr_size": f"{case.width}x{case.height}",
+        "hr_size": f"{case.width * 4}x{case.height * 4}",
+        "flow_resolution": case.options.get("flow_resolution", "hr"),
+        "sessions": case.sessions,
+        "frames": case.frames,
+        "ms_per_step": per_tick * 1e3,
+        "ms_per_frame": per_tick * 1e3 / case.sessions,
+        "p95_ms_per_step": float(np.percentile(tick_times, 95)) * 1e3 if tick_times else None,
+        "frames_per_s": case.sessions / per_tick,
+        "stage_ms_per_step": {
+            k: v * 1e3 / (frames_per_stage or measured) for k, v in sorted(stages.items())
+        },
+        "rss_growth_mb": (rss.peak - rss_before) / 2**20,
+        "peak_rss_mb": rss.peak / 2**20,
+        "last_frame": last_frame,
+    }
+    if engine.device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(engine.device) / 2**20
+        result["gpu"] = torch.cuda.get_device_name(engine.device)
+    return result
+
+
+def run_isolated(case: Case) -> dict[str, Any]:
+    """Run ``case`` in a fresh process (spawned, so memory numbers are its own)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(run_case, case).result()
+
+
+def run_all(cases: Sequence[Case], isolate: bool = True) -> list[dict[str, Any]]:
+    results = [run_isolated(c) if isolate else run_case(c) for c in cases]
+    _compare_outputs(results)
+    return results
+
+
+def _compare_outputs(results: list[dict[str, Any]]) -> None:
+    """Agreement of the last frame between the engine (1 session) and the reference loop."""
+    single = [r for r in results if r["engine"] == "stream-diffvsr" and r["sessions"] == 1]
+    for ref in (r for r in results if r["engine"] == "reference-loop"):
+        for r in single:
+            if r["flow_resolution"] == ref["flow_resolution"] and r["frames"] == ref["frames"]:
+                diff = np.abs(r["last_frame"].astype(int) - ref["last_frame"].astype(int))
+                ref["max_abs_diff_vs_engine"] = int(diff.max())
+
+
+def machine() -> dict[str, Any]:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    stages = sorted({s for r in results for s in r["stage_ms_per_step"]})
+    head = ["engine", "sess", "lr", "dtype", "flow", "ms/frame", "fps", "mem MB", *stages]
+    rows = [head]
+    for r in results:
+        mem = r.get("peak_gpu_mb", r["rss_growth_mb"])
+        rows.append(
+            [
+                r["engine"],
+                str(r["sessions"]),
+                r["lr_size"],
+                r["dtype"],
+                r["flow_resolution"],
+                f"{r['ms_per_frame']:.1f}",
+                f"{r['frames_per_s']:.1f}",
+                f"{mem:.0f}",
+            ]
+            + [f"{r['stage_ms_per_step'].get(s, 0):.1f}" for s in stages]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    notes = [
+        f"reference-loop vs engine, last frame: max |diff| = {r['max_abs_diff_vs_engine']}"
+        for r in results
+        if "max_abs_diff_vs_engine" in r
+    ]
+    legend = (
+        "stage columns: ms per engine step (all sessions); mem: peak GPU MB, else RSS growth MB"
+    )
+    return "\n".join([*lines, legend, *notes])
+
+
+def to_json(results: list[dict[str, Any]]) -> str:
+    clean = [{k: v for k, v in r.items() if k != "last_frame"} for r in results]
+    return json.dumps({"machine": machine(), "results": clean}, indent=2)
