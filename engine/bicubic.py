@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -37,6 +38,5 @@ class BicubicEngine:
                 frames = to_uint8_frames(upscale_bicubic(lr, self.scale))
             for i, frame in zip(indices, frames):
                 state = requests[i].state
-                state.frame_index += 1
-                results[i] = FrameResult(state, frame)
+                results[i] = FrameResult(replace(state, frame_index=state.frame_index + 1), frame)
         return results  # type: ignore[return-value]

@@ -75,6 +75,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
         "loading %s from %s on %s (%s)", model, root, device, str(dtype).removeprefix("torch.")
     )
 
+    raft = build_raft(opts.flow_model, opts.flow_weights)  # first: a bad file fails fast
     unet = _load_diffusers(UNet2DConditionModel, root, "unet", overrides.get("unet"))
     if unet.config.num_class_embeds is not None:
         raise CheckpointError(
@@ -85,7 +86,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
     prompt_embeds = encode_empty_prompt(root)
     sampler = DDIMSampler.from_scheduler(_load_scheduler(root), opts.steps)
     flow = FlowEstimator(
-        build_raft(opts.flow_model, opts.flow_weights),
+        raft,
         FlowResolution(opts.flow_resolution),
         scale=vae.spatial_scale,
     )
@@ -232,7 +233,12 @@ def _load_strict(module: nn.Module, weights: Path, component: str) -> None:
         state = _read_state_dict(weights)
     except Exception as exc:
         raise _corrupt(component, weights, exc) from exc
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # keys fit but shapes do not
+        raise CheckpointError(
+            f"{weights} does not fit the {component} architecture of its config: {exc}"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{weights} does not fit the {component} architecture of its config: "
@@ -240,13 +246,15 @@ def _load_strict(module: nn.Module, weights: Path, component: str) -> None:
         )
 
 
-def _override_paths(root: Path, component: str, override: str | None) -> tuple[Path, Path | None]:
-    """(config folder, weights file) for a component; an override is a folder or a weights file."""
+def _component_paths(
+    folder: Path, component: str, override: str | None
+) -> tuple[Path, Path | None]:
+    """(config folder, weights file) of a component; an override is a folder or a weights file."""
     if override is None:
-        return root / component, _weights_file(root / component, component)
+        return folder, _weights_file(folder, component)
     path = Path(override).expanduser()
     if path.is_file():
-        return root / component, path
+        return folder, path
     if path.is_dir() and (path / "config.json").is_file():
         return path, _weights_file(path, component)
     raise CheckpointError(
@@ -256,7 +264,7 @@ def _override_paths(root: Path, component: str, override: str | None) -> tuple[P
 
 
 def _load_diffusers(cls, root: Path, component: str, override: str | None = None):
-    folder, weights = _override_paths(root, component, override)
+    folder, weights = _component_paths(root / component, component, override)
     if weights is None:
         raise CheckpointError(f"{folder} has no {component} weights ({DIFFUSERS_WEIGHTS[0]})")
     try:
@@ -269,7 +277,7 @@ def _load_diffusers(cls, root: Path, component: str, override: str | None = None
 
 def load_vae(folder: Path, override: str | None = None) -> TemporalAutoencoderTiny:
     """The temporal VAE, built from ``vae/config.json``; every weight must match exactly."""
-    config_folder, weights = _override_paths(folder.parent, folder.name, override)
+    config_folder, weights = _component_paths(folder, "vae", override)
     try:
         config = json.loads((config_folder / "config.json").read_text())
         vae = TemporalAutoencoderTiny.from_config(config)

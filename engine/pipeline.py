@@ -113,8 +113,8 @@ class StreamDiffVSR:
             seed=state.seed,
             generator=state.generator,
             frame_index=state.frame_index + 1,
-            prev_hr=hr,
-            prev_lr=lr,
+            prev_hr=hr.clone(),  # a copy, so the state does not pin the whole batch
+            prev_lr=lr.clone(),
         )
 
     def _guidance(self, states: list[SessionState], lr: torch.Tensor, timer) -> _Guidance | None:
