@@ -1,0 +1,88 @@
+"""The ``streamvsr`` command line: help, random checkpoints, bench output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("download", "bench", "random-checkpoint"):
+        assert command in result.stdout
+
+
+def test_missing_model_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    result = run_cli("bench", "--engine", "stream-diffvsr", "--model", str(missing))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("streamvsr: error:")
+    assert str(missing) in lines[0] and "streamvsr download" in lines[0]
+
+
+def test_bad_setting_is_one_line_and_exit_2() -> None:
+    result = run_cli("bench", "--dtype", "fp8")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "streamvsr: error: engine.dtype must be one of auto, fp32, fp16, bf16, got 'fp8' "
+        "(from command line)"
+    )
+
+
+def test_bench_reports_stages_and_agrees_with_reference_loop(
+    tiny_checkpoint: Path, raft_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "bench.json"
+    code = main(
+        ["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--dtype", "fp32",
+         "--flow-model", "raft_small", "--flow-weights", str(raft_weights), "--size", "32x32",
+         "--frames", "4", "--warmup", "1", "--sessions", "1,2", "--baseline", "--bicubic",
+         "--in-process", "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "reference-loop vs engine, last frame: max |diff| = 0" in table
+    report = json.loads(out.read_text())
+    rows = {(r["engine"], r["sessions"]): r for r in report["results"]}
+    assert set(rows) == {
+        ("stream-diffvsr", 1), ("stream-diffvsr", 2), ("reference-loop", 1),
+        ("bicubic", 1), ("bicubic", 2),
+    }  # fmt: skip
+    engine_row = rows[("stream-diffvsr", 1)]
+    assert engine_row["hr_size"] == "128x128"
+    for stage in ("flow", "controlnet", "unet", "vae_encode", "vae_decode"):
+        assert engine_row["stage_ms_per_step"][stage] > 0
+    assert sum(engine_row["stage_ms_per_step"].values()) <= engine_row["ms_per_step"] * 1.05
+    assert rows[("stream-diffvsr", 2)]["ms_per_frame"] == pytest.approx(
+        rows[("stream-diffvsr", 2)]["ms_per_step"] / 2
+    )
+    assert report["machine"]["cores"] >= 1
+
+
+def test_random_checkpoint_command_writes_the_official_layout(tmp_path: Path) -> None:
+    assert main(["random-checkpoint", str(tmp_path / "ckpt")]) == 0
+    names = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert names == {
+        "model_index.json", "unet", "controlnet", "vae", "scheduler", "text_encoder", "tokenizer",
+    }  # fmt: skip
+    index = json.loads((tmp_path / "ckpt" / "model_index.json").read_text())
+    assert index["vae"] == [None, "TemporalAutoencoderTiny"]
