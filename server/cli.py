@@ -30,6 +30,17 @@ ENGINE_FLAGS = {
     "--seed": ("seed", "noise seed of the first session"),
 }
 INT_KEYS = {"steps", "seed"}
+SERVER_FLAGS = {
+    "--host": ("host", str, "address to listen on (0.0.0.0: all interfaces)"),
+    "--port": ("port", int, "TCP port"),
+    "--tls-cert": ("tls_cert", str, "PEM certificate: serve HTTPS"),
+    "--tls-key": ("tls_key", str, "PEM private key of --tls-cert"),
+    "--max-sessions": ("max_sessions", int, "concurrent sessions before 503"),
+    "--max-batch": ("max_batch", int, "most frames per batched engine step"),
+    "--whip-token": ("whip_token", str, "Bearer token WHIP publishers must send"),
+    "--public-ip": ("public_ip", str, "public IP to advertise in ICE candidates (NAT, Docker)"),
+    "--ice-host-addresses": ("ice_host_addresses", str, "comma-separated local ICE addresses"),
+}
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,13 +56,42 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server (defaults from configs/default.yaml)")
+    for flag, (key, kind, text) in SERVER_FLAGS.items():
+        group.add_argument(flag, dest=f"server_{key}", type=kind, help=text, default=None)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        key: getattr(args, f"engine_{key}")
-        for key, _ in ENGINE_FLAGS.values()
-        if getattr(args, f"engine_{key}", None) is not None
-    }
-    return load_settings(getattr(args, "config", None), overrides={"engine": overrides})
+    overrides: dict[str, dict] = {"engine": {}, "server": {}}
+    for name, value in vars(args).items():
+        section, _, key = name.partition("_")
+        if section in overrides and value is not None:
+            overrides[section][key] = value
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ssl
+
+    import uvloop
+    from aiohttp import web
+
+    from .app import create_app
+
+    settings = _settings(args)
+    server = settings.server
+    context = None
+    if server.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(server.tls_cert, server.tls_key)
+    scheme = "https" if context else "http"
+    log.info("serving on %s://%s:%d/", scheme, server.host, server.port)
+    web.run_app(
+        create_app(settings), host=server.host, port=server.port, ssl_context=context,
+        print=None, loop=uvloop.new_event_loop(), shutdown_timeout=5,
+    )  # fmt: skip
+    return 0
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -135,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve",
+        help="run the real-time server (WebRTC, WHIP, WHEP, metrics)",
+        description="Serve the browser page, WebRTC offer/answer, WHIP ingest (OBS), WHEP "
+        "playback, /metrics, /healthz and /readyz. The engine loads in the background; /readyz "
+        "says when it is ready.",
+    )
+    _add_engine_flags(p)
+    _add_server_flags(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "download",

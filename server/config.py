@@ -48,6 +48,52 @@ def _optional_int(value: Any) -> int | None:
     raise ValueError("must be a whole number or null")
 
 
+def _non_negative(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0-65535")
+    return value
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+def _ice_servers(value: Any) -> tuple[dict[str, Any], ...]:
+    """[{urls: stun:host:3478}, {urls: [turn:...], username: u, credential: p}]"""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {urls, username, credential} entries")
+    servers = []
+    for entry in value:
+        if isinstance(entry, str):
+            entry = {"urls": entry}
+        if not isinstance(entry, dict) or "urls" not in entry:
+            raise ValueError("each entry needs urls (e.g. stun:stun.example.org:3478)")
+        unknown = set(entry) - {"urls", "username", "credential"}
+        if unknown:
+            raise ValueError(f"unknown ICE server fields {sorted(unknown)}")
+        urls = [entry["urls"]] if isinstance(entry["urls"], str) else list(entry["urls"])
+        if not all(
+            isinstance(u, str) and u.split(":", 1)[0] in ("stun", "turn", "turns") for u in urls
+        ):
+            raise ValueError(f"ICE server urls must start with stun:, turn: or turns:, got {urls}")
+        servers.append({**entry, "urls": urls})
+    return tuple(servers)
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
@@ -77,6 +123,61 @@ class EngineSettings:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_sessions: int = 8
+    max_batch: int = 8
+    max_wait_ms: float = 0.0
+    max_input_width: int = 1280
+    max_input_height: int = 720
+    max_body_bytes: int = 65536
+    idle_timeout_s: float = 15.0
+    whip_token: str | None = None
+    cors_origin: str = "*"
+    ice_servers: tuple[dict[str, Any], ...] = ()
+    ice_host_addresses: tuple[str, ...] = ()
+    public_ip: str | None = None
+    udp_port_min: int = 0
+    udp_port_max: int = 0
+    video_codec: str = "h264"
+    x264_preset: str = "veryfast"
+    min_bitrate: int = 1_000_000
+    start_bitrate: int = 4_000_000
+    max_bitrate: int = 12_000_000
+
+
+SERVER_SCHEMA = {
+    "host": _str,
+    "port": _port,
+    "tls_cert": _optional_str,
+    "tls_key": _optional_str,
+    "max_sessions": _positive_int,
+    "max_batch": _positive_int,
+    "max_wait_ms": _non_negative,
+    "max_input_width": _positive_int,
+    "max_input_height": _positive_int,
+    "max_body_bytes": _positive_int,
+    "idle_timeout_s": _non_negative,
+    "whip_token": _optional_str,
+    "cors_origin": _str,
+    "ice_servers": _ice_servers,
+    "ice_host_addresses": _str_list,
+    "public_ip": _optional_str,
+    "udp_port_min": _port,
+    "udp_port_max": _port,
+    "video_codec": _choice("h264", "vp8"),
+    "x264_preset": _choice(
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"
+    ),
+    "min_bitrate": _positive_int,
+    "start_bitrate": _positive_int,
+    "max_bitrate": _positive_int,
+}
+
 ENGINE_SCHEMA = {
     "kind": _choice("auto", "stream-diffvsr", "bicubic"),
     "model": _str,
@@ -93,12 +194,16 @@ ENGINE_SCHEMA = {
     "vae": _optional_str,
     "seed": _optional_int,
 }
-SECTIONS = {"engine": (EngineSettings, ENGINE_SCHEMA)}
+SECTIONS = {
+    "engine": (EngineSettings, ENGINE_SCHEMA),
+    "server": (ServerSettings, SERVER_SCHEMA),
+}
 
 
 @dataclass(frozen=True)
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 def load_settings(
@@ -112,7 +217,26 @@ def load_settings(
     if path is not None:
         settings = _apply(settings, _read_yaml(Path(path)), str(path))
     settings = _apply(settings, _from_env(os.environ if env is None else env), "environment")
-    return _apply(settings, overrides or {}, "command line")
+    settings = _apply(settings, overrides or {}, "command line")
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    server = settings.server
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key must be given together")
+    if (server.udp_port_min == 0) != (server.udp_port_max == 0) or (
+        server.udp_port_min > server.udp_port_max
+    ):
+        raise ConfigError(
+            "server.udp_port_min and server.udp_port_max must both be 0 (any port) or a range "
+            f"min <= max, got {server.udp_port_min}..{server.udp_port_max}"
+        )
+    if not server.min_bitrate <= server.start_bitrate <= server.max_bitrate:
+        raise ConfigError(
+            "server bitrates must satisfy min_bitrate <= start_bitrate <= max_bitrate"
+        )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

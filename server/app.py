@@ -1,0 +1,151 @@
+"""The aiohttp application: routes, engine start-up off the request path, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engine import FrameRequest
+
+from . import encoding
+from .config import Settings
+from .engines import EngineChoice, create_engine
+from .http import RUNTIME
+from .ice import bind_udp_port_range, restrict_host_addresses, rtc_configuration
+from .metrics import Metrics
+from .offer import post_offer
+from .problems import Problem, problem_middleware
+from .runtime import Runtime
+from .scheduler import FrameScheduler
+from .sessions import SessionRegistry
+from .whip_whep import SETTINGS, add_routes
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+METRICS = web.AppKey("metrics", Metrics)
+STARTUP = web.AppKey("startup", asyncio.Task)
+STATUS = web.AppKey("status", dict)
+
+
+def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Application:
+    """The server; ``choice`` skips loading an engine from the settings (tests, embedding)."""
+    app = web.Application(
+        middlewares=[problem_middleware], client_max_size=settings.server.max_body_bytes
+    )
+    app[SETTINGS] = settings.server
+    app[METRICS] = Metrics()
+    app[STATUS] = {"ready": False, "reason": "the engine is loading"}
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/offer", post_offer)
+    add_routes(app)
+    if WEB_ROOT.is_dir():
+        app.router.add_get("/", index)
+        app.router.add_static("/", WEB_ROOT)
+    app.on_response_prepare.append(_cors_on_errors)
+
+    async def start(app: web.Application) -> None:
+        encoding.install(
+            encoding.EncoderSettings(
+                settings.server.x264_preset, settings.server.min_bitrate,
+                settings.server.start_bitrate, settings.server.max_bitrate,
+            ),
+            lambda codec, seconds: app[METRICS].encode.labels(codec).observe(seconds),
+        )  # fmt: skip
+        restrict_host_addresses(settings.server.ice_host_addresses)
+        loop = asyncio.get_running_loop()
+        bind_udp_port_range(loop, settings.server.udp_port_min, settings.server.udp_port_max)
+        app[STARTUP] = asyncio.create_task(_start_engine(app, settings, choice))
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(_shutdown)
+    return app
+
+
+async def _start_engine(app: web.Application, settings: Settings, choice: EngineChoice | None):
+    """Load and warm the engine in a thread; the server answers (503) meanwhile."""
+    metrics, status = app[METRICS], app[STATUS]
+    loop = asyncio.get_running_loop()
+    try:
+        if choice is None:
+            choice = await loop.run_in_executor(None, create_engine, settings.engine)
+        await loop.run_in_executor(None, warm_up, choice)
+    except Exception as exc:
+        log.exception("the engine could not start")
+        status.update(ready=False, reason=f"the engine could not start: {exc}")
+        return
+    engine = choice.engine
+    scheduler = FrameScheduler(
+        engine, loop, settings.server.max_batch, settings.server.max_wait_ms,
+        on_step=metrics.record_step,
+        on_drop=lambda reason: metrics.frames_dropped.labels(reason).inc(),
+    )  # fmt: skip
+    scheduler.start()
+    registry = SessionRegistry(settings.server.max_sessions, scheduler, metrics)
+    app[RUNTIME] = Runtime(
+        settings.server, choice, metrics, scheduler, registry,
+        rtc_configuration(settings.server.ice_servers), base_seed=settings.engine.seed,
+    )  # fmt: skip
+    metrics.model.info(
+        {"engine": engine.name, "model": str(getattr(engine, "model_id", "") or engine.name),
+         "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+         "reason": choice.reason}
+    )  # fmt: skip
+    metrics.ready.set(1)
+    status.update(ready=True, engine=engine.name, reason=choice.reason)
+    log.info("ready: engine %s on %s (%s)", engine.name, engine.device, choice.reason)
+
+
+def warm_up(choice: EngineChoice) -> None:
+    """Run two frames (the first-frame and the temporal path) so that no user waits for it."""
+    engine = choice.engine
+    state = engine.new_session(0)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    for _ in range(2):
+        [result] = engine.step([FrameRequest(state, frame)])
+        state = result.state
+
+
+async def _shutdown(app: web.Application) -> None:
+    startup = app.get(STARTUP)
+    if startup is not None and not startup.done():
+        startup.cancel()
+    rt = app.get(RUNTIME)
+    if rt is not None:
+        await rt.registry.close_all()
+        await asyncio.get_running_loop().run_in_executor(None, rt.scheduler.stop)
+
+
+async def _cors_on_errors(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(("/whip", "/whep")) and "Access-Control-Allow-Origin" not in (
+        response.headers
+    ):
+        response.headers["Access-Control-Allow-Origin"] = request.app[SETTINGS].cors_origin
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    status = request.app[STATUS]
+    if not status["ready"]:
+        raise Problem(503, "Not ready", status["reason"], {"Retry-After": "5"})
+    rt = request.app[RUNTIME]
+    return web.json_response({**status, "sessions": len(rt.registry)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_ROOT / "index.html")

@@ -1,0 +1,36 @@
+"""What the request handlers share once the engine is up: sessions, the GPU worker, settings."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from aiortc import RTCConfiguration
+
+from .config import ServerSettings
+from .engines import EngineChoice
+from .metrics import Metrics
+from .scheduler import FrameScheduler
+from .sessions import SessionRegistry
+from .tracks import InputLimits
+
+
+@dataclass
+class Runtime:
+    settings: ServerSettings
+    choice: EngineChoice
+    metrics: Metrics
+    scheduler: FrameScheduler
+    registry: SessionRegistry
+    rtc_config: RTCConfiguration
+    base_seed: int | None = 0
+    _seeds: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(self.settings.max_input_width, self.settings.max_input_height)
+
+    def next_seed(self) -> int | None:
+        """Seeds for sessions in order of arrival (None: random)."""
+        n = next(self._seeds)
+        return None if self.base_seed is None else self.base_seed + n

@@ -1,0 +1,184 @@
+"""The GPU worker: one thread that advances every live stream with batched engine steps.
+
+Each stream has a one-frame mailbox. A new frame replaces an unprocessed one (newest wins; the old
+one is counted as dropped), so however slow the engine is, a frame waits at most about one engine
+step. At each tick the worker takes the waiting frame of up to ``max_batch`` streams (those waiting
+longest first), runs one ``engine.step`` on them, and hands each result back to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine import Engine, FrameRequest, SessionState, StageTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A frame waiting for the engine, with what is needed to send its result on."""
+
+    frame: np.ndarray
+    received_at: float  # time.monotonic() when the frame arrived
+    context: Any = None  # passed back untouched (timestamps of the frame)
+
+
+@dataclass
+class Processed:
+    frame: Any  # uint8 (4H, 4W, 3) tensor
+    received_at: float
+    context: Any
+    queue_wait: float
+    step_time: float
+    batch_size: int
+
+
+@dataclass
+class _Stream:
+    state: SessionState
+    deliver: Callable[[Processed], None]  # called on the event loop
+    pending: Pending | None = None
+    waiting_since: float = 0.0
+    busy: bool = False  # a frame of this stream is in the engine now
+
+
+@dataclass
+class SchedulerStats:
+    """Counters the worker keeps for metrics (read from the event loop)."""
+
+    dropped_stale: int = 0
+    steps: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class FrameScheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        loop: asyncio.AbstractEventLoop,
+        max_batch: int = 8,
+        max_wait_ms: float = 0.0,
+        on_step: Callable[[int, float, dict[str, float]], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
+    ):
+        self.engine = engine
+        self.loop = loop
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.on_step = on_step or (lambda *_: None)
+        self.on_drop = on_drop or (lambda reason: None)
+        self._streams: dict[str, _Stream] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="streamvsr-gpu", daemon=True)
+        self._timer = StageTimer(getattr(engine, "device", None))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # --- called from the event loop ---------------------------------------------------------
+
+    def add_stream(self, key: str, deliver: Callable[[Processed], None], seed: int | None) -> None:
+        with self._cond:
+            self._streams[key] = _Stream(self.engine.new_session(seed), deliver)
+
+    def remove_stream(self, key: str) -> None:
+        with self._cond:
+            stream = self._streams.pop(key, None)
+        if stream is not None and stream.pending is not None:
+            self.on_drop("session_closed")
+
+    def submit(self, key: str, pending: Pending) -> None:
+        """Offer a frame of stream ``key``; an older frame still waiting is dropped."""
+        with self._cond:
+            stream = self._streams.get(key)
+            if stream is None:
+                return
+            if stream.pending is not None:
+                self.on_drop("stale")
+            else:
+                stream.waiting_since = pending.received_at
+            stream.pending = pending
+            self._cond.notify()
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    # --- the worker thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._step(batch)
+            except Exception:  # one bad step must not stop every stream
+                log.exception("engine step failed for %d frame(s); they are dropped", len(batch))
+                for _ in batch:
+                    self.on_drop("engine_error")
+            finally:
+                with self._cond:
+                    for key, _, _ in batch:
+                        if key in self._streams:
+                            self._streams[key].busy = False
+
+    def _ready(self) -> list[tuple[float, str]]:
+        return sorted(
+            (s.waiting_since, k)
+            for k, s in self._streams.items()
+            if s.pending is not None and not s.busy
+        )
+
+    def _next_batch(self) -> list[tuple[str, _Stream, Pending]] | None:
+        with self._cond:
+            while not self._stopping and not self._ready():
+                self._cond.wait()
+            if self._stopping:
+                return None
+            if self.max_wait > 0 and len(self._ready()) < self.max_batch:
+                # Give other streams a moment to join this step (better batching, more latency).
+                self._cond.wait_for(
+                    lambda: self._stopping or len(self._ready()) >= self.max_batch, self.max_wait
+                )
+            batch = []
+            for _, key in self._ready()[: self.max_batch]:
+                stream = self._streams[key]
+                batch.append((key, stream, stream.pending))
+                stream.pending, stream.busy = None, True
+            return batch
+
+    def _step(self, batch: list[tuple[str, _Stream, Pending]]) -> None:
+        started = time.monotonic()
+        requests = [FrameRequest(stream.state, pending.frame) for _, stream, pending in batch]
+        results = self.engine.step(requests, timer=self._timer)
+        step_time = time.monotonic() - started
+        self.on_step(len(batch), step_time, self._timer.reset())
+        for (key, stream, pending), result in zip(batch, results):
+            with self._cond:
+                if self._streams.get(key) is not stream:
+                    continue  # the stream closed while its frame was in the engine
+                stream.state = result.state
+            processed = Processed(
+                result.frame, pending.received_at, pending.context,
+                queue_wait=started - pending.received_at, step_time=step_time,
+                batch_size=len(batch),
+            )  # fmt: skip
+            self.loop.call_soon_threadsafe(stream.deliver, processed)

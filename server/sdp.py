@@ -1,0 +1,87 @@
+"""Checks on incoming SDP offers, so that unusable offers get a 4xx that says what to change."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .problems import Problem
+
+# H.264 profiles aiortc negotiates: Constrained Baseline (42e0xx / 42c0xx) and Baseline (4200xx).
+_BASELINE = re.compile(r"profile-level-id=(42[0-9a-f]{2}[0-9a-f]{2})", re.IGNORECASE)
+
+
+@dataclass
+class MediaSection:
+    kind: str
+    direction: str = "sendrecv"
+    codecs: dict[str, str] = field(default_factory=dict)  # payload type -> codec name
+    fmtp: dict[str, str] = field(default_factory=dict)  # payload type -> parameters
+
+
+def parse_media(sdp: str) -> list[MediaSection]:
+    """The m= sections of an SDP with their direction, codecs and fmtp lines."""
+    if not sdp.lstrip().startswith("v=0"):
+        raise Problem(400, "Malformed SDP", "the body is not an SDP offer (it must start with v=0)")
+    sections: list[MediaSection] = []
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            sections.append(MediaSection(kind=line[2:].split(" ", 1)[0]))
+        elif not sections:
+            continue
+        elif line in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
+            sections[-1].direction = line[2:]
+        elif line.startswith("a=rtpmap:"):
+            pt, _, rest = line[len("a=rtpmap:") :].partition(" ")
+            sections[-1].codecs[pt] = rest.split("/", 1)[0].upper()
+        elif line.startswith("a=fmtp:"):
+            pt, _, params = line[len("a=fmtp:") :].partition(" ")
+            sections[-1].fmtp[pt] = params
+    return sections
+
+
+def _receivable(section: MediaSection) -> list[str]:
+    usable = []
+    for pt, name in section.codecs.items():
+        if name == "VP8":
+            usable.append(name)
+        elif name == "H264":
+            params = section.fmtp.get(pt, "")
+            profile = _BASELINE.search(params)
+            baseline = profile and profile.group(1)[2:4].lower() in ("00", "e0", "c0", "40", "80")
+            if baseline and "packetization-mode=1" in params:
+                usable.append(name)
+    return usable
+
+
+def check_publish_offer(sdp: str) -> list[MediaSection]:
+    """An offer that sends us video we can decode (browser sendrecv or WHIP sendonly)."""
+    sections = parse_media(sdp)
+    videos = [s for s in sections if s.kind == "video"]
+    if not videos:
+        raise Problem(
+            422, "No video in the offer", "the offer has no m=video section: send a video track"
+        )
+    video = videos[0]
+    if video.direction not in ("sendonly", "sendrecv"):
+        raise Problem(422, "Video is not sent", f"the video section is {video.direction}")
+    if not _receivable(video):
+        offered = ", ".join(sorted(set(video.codecs.values()))) or "none"
+        raise Problem(
+            422,
+            "Unsupported video codec",
+            f"offered video codecs: {offered}. streamvsr receives VP8, or H.264 Constrained "
+            "Baseline with packetization-mode=1. In OBS: Settings > Output > Video Encoder: "
+            "x264 (or another H.264 encoder) with profile 'baseline'; not AV1 or HEVC.",
+        )
+    return sections
+
+
+def check_view_offer(sdp: str) -> list[MediaSection]:
+    """A WHEP offer: it must be able to receive video."""
+    sections = parse_media(sdp)
+    videos = [s for s in sections if s.kind == "video"]
+    if not videos or videos[0].direction not in ("recvonly", "sendrecv"):
+        raise Problem(422, "No video to receive", "a WHEP offer needs a recvonly m=video section")
+    return sections
