@@ -1,10 +1,10 @@
-# streamvsr: `make test` and (when the server lands) `make serve` work from a fresh clone.
+# streamvsr: `make test` and `make serve` work from a fresh clone.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format clean venv
+.PHONY: test serve lint format clean venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Extra flags: make serve ARGS="--engine bicubic --port 9000"
+serve: $(STAMP)
+	$(BIN)/streamvsr serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,4 +1,8 @@
-"""Bicubic x4 upscaling behind the engine interface: the baseline and the no-GPU fallback."""
+"""Bicubic x4 upscaling behind the engine interface: the baseline and the no-GPU fallback.
+
+On the CPU it uses torch's uint8 bicubic kernel (SIMD, ~6x faster than float at 720p output;
+its rounding and coefficients differ slightly from the float kernel); elsewhere the float kernel.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from .base import FrameRequest, FrameResult, group_by_size, to_model_input, to_uint8_frames
 from .device import resolve_device
@@ -22,6 +27,14 @@ class BicubicEngine:
         self.dtype = torch.float32
         self.scale = scale
 
+    def _upscale(self, frames: list) -> list[torch.Tensor]:
+        if self.device.type != "cpu":
+            lr = to_model_input(frames, self.device, self.dtype)
+            return to_uint8_frames(upscale_bicubic(lr, self.scale))
+        batch = torch.stack([torch.as_tensor(f) for f in frames]).permute(0, 3, 1, 2)
+        up = F.interpolate(batch, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return list(up.permute(0, 2, 3, 1))  # channels-last memory: (H, W, 3) views, no copy
+
     def new_session(self, seed: int | None = None) -> SessionState:
         return SessionState.new(0 if seed is None else seed)
 
@@ -32,10 +45,9 @@ class BicubicEngine:
         timer = timer or NO_TIMER
         results: list[FrameResult | None] = [None] * len(requests)
         for indices in group_by_size(requests).values():
-            with timer.stage("upload"):
-                lr = to_model_input([requests[i].frame for i in indices], self.device, self.dtype)
+            frames_in = [requests[i].frame for i in indices]
             with timer.stage("upscale"):
-                frames = to_uint8_frames(upscale_bicubic(lr, self.scale))
+                frames = self._upscale(frames_in)
             for i, frame in zip(indices, frames):
                 state = requests[i].state
                 results[i] = FrameResult(replace(state, frame_index=state.frame_index + 1), frame)

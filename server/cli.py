@@ -168,6 +168,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serving(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.serving import format_table, run
+
+    height, width = args.size
+    engine_args = [a for a in args.engine_args.split() if a]
+    results = run(engine_args, args.max_streams, args.seconds, (width, height), args.fps)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamvsr",
@@ -231,6 +245,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
+        "bench-serving",
+        help="measure the server end to end with real WebRTC clients over loopback",
+        description="Start `streamvsr serve`, connect 1, 2, ... synthetic webcam streams and "
+        "report receive->send latency, CPU per stream and drops, until frames drop.",
+    )
+    p.add_argument(
+        "--engine-args",
+        default="--engine bicubic",
+        help="flags for the server's engine (default: --engine bicubic)",
+    )
+    p.add_argument("--size", type=_size, default=(180, 320), metavar="WxH")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--seconds", type=float, default=5.0, help="measurement per stream count")
+    p.add_argument("--max-streams", type=int, default=8)
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=cmd_bench_serving)
+
+    p = sub.add_parser(
         "random-checkpoint",
         help="write a random-weight checkpoint in the official layout",
         description="Write a checkpoint with random weights in the official "
@@ -252,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("aioice", "aiortc", "aiohttp.access"):  # per-packet/per-request chatter
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except (ConfigError, EngineError) as exc:

@@ -10,10 +10,11 @@ from engine import BicubicEngine, FrameRequest
 
 
 def reference_bicubic(frame: np.ndarray, scale: int = 4) -> torch.Tensor:
-    """x4 bicubic (align_corners False) of a uint8 (H, W, 3) frame, back to uint8 (4H, 4W, 3)."""
-    image = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).double() / 255
-    up = F.interpolate(image, scale_factor=scale, mode="bicubic", align_corners=False)
-    return (up.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0)
+    """torch's x4 bicubic (align_corners False) of a uint8 (H, W, 3) frame, computed on a
+    contiguous NCHW uint8 tensor (the engine feeds channels-last views of HWC frames)."""
+    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)
+    up = F.interpolate(image.contiguous(), scale_factor=scale, mode="bicubic", align_corners=False)
+    return up[0].permute(1, 2, 0)
 
 
 def test_output_is_torch_bicubic_x4(make_frames):

@@ -1,0 +1,211 @@
+"""Serving benchmark: real aiortc clients stream to a real ``streamvsr serve`` over loopback.
+
+For 1, 2, ... concurrent streams it reports the server's receive->send latency (p50/p95 from its
+own histogram), the server process's CPU per stream, frames in/out/dropped, and stops at the first
+stream count where frames are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import av
+import psutil
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.ice import restrict_host_addresses
+
+from .frames import moving_frames
+
+VIDEO_CLOCK = 90_000
+
+
+class SyntheticCamera(MediaStreamTrack):
+    """Moving LR frames at a fixed rate, like a webcam."""
+
+    kind = "video"
+
+    def __init__(self, width: int, height: int, fps: int, seed: int = 0):
+        super().__init__()
+        self.frames = moving_frames(height, width, 60, seed=seed)
+        self.fps = fps
+        self.count = 0
+        self.start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.start is None:
+            self.start = time.monotonic()
+        await asyncio.sleep(max(0.0, self.start + self.count / self.fps - time.monotonic()))
+        frame = av.VideoFrame.from_ndarray(self.frames[self.count % 60], format="rgb24")
+        frame.pts = self.count * VIDEO_CLOCK // self.fps
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.count += 1
+        return frame
+
+
+@dataclass
+class Client:
+    pc: RTCPeerConnection
+    received: int = 0
+    reader: asyncio.Task | None = None
+
+
+async def open_client(base: str, http: aiohttp.ClientSession, size, fps, seed) -> Client:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client = Client(pc)
+    pc.addTransceiver(SyntheticCamera(*size, fps, seed), direction="sendrecv")
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        async def read() -> None:
+            while True:
+                try:
+                    await track.recv()
+                except Exception:
+                    return
+                client.received += 1
+
+        client.reader = asyncio.ensure_future(read())
+
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    async with http.post(f"{base}/offer", json=offer) as response:
+        response.raise_for_status()
+        answer = await response.json()
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    return client
+
+
+def scrape(text: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name + "".join(f"|{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[key] = sample.value
+    return values
+
+
+def histogram_quantile(metrics: dict[str, Any], name: str, q: float, base=None) -> float | None:
+    """Quantile from cumulative buckets (linear within a bucket), optionally minus a baseline."""
+    buckets = sorted(
+        (float(k.split("le=")[1]), v - ((base or {}).get(k, 0)))
+        for k, v in metrics.items()
+        if k.startswith(f"{name}_bucket|")
+    )
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    previous_le, previous_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= q * total:
+            if le == float("inf"):
+                return previous_le
+            share = (q * total - previous_count) / max(count - previous_count, 1e-9)
+            return previous_le + (le - previous_le) * share
+        previous_le, previous_count = le, count
+    return previous_le
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def measure(base: str, server: psutil.Process, streams: int, seconds: float, size, fps):
+    async with aiohttp.ClientSession() as http:
+        clients = [await open_client(base, http, size, fps, seed=i) for i in range(streams)]
+        await asyncio.sleep(1.0)  # connect and warm up
+        start = scrape(await (await http.get(f"{base}/metrics")).text())
+        server.cpu_percent()
+        received_start = sum(c.received for c in clients)
+        await asyncio.sleep(seconds)
+        cpu = server.cpu_percent()
+        end = scrape(await (await http.get(f"{base}/metrics")).text())
+        received = sum(c.received for c in clients) - received_start
+        for client in clients:
+            await client.pc.close()
+
+    def delta(key: str) -> float:
+        return end.get(key, 0) - start.get(key, 0)
+
+    dropped = sum(delta(k) for k in end if k.startswith("streamvsr_frames_dropped_total|"))
+    name = "streamvsr_frame_latency_seconds"
+    return {
+        "streams": streams,
+        "frames_in": delta("streamvsr_frames_received_total"),
+        "frames_out": delta("streamvsr_frames_sent_total"),
+        "frames_dropped": dropped,
+        "client_frames_per_s": received / seconds,
+        "latency_p50_ms": _ms(histogram_quantile(end, name, 0.5, start)),
+        "latency_p95_ms": _ms(histogram_quantile(end, name, 0.95, start)),
+        "server_cpu_percent": cpu,
+        "server_cpu_percent_per_stream": cpu / streams,
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 1)
+
+
+def run(engine_args: list[str], max_streams: int, seconds: float, size, fps) -> list[dict]:
+    """Start ``streamvsr serve`` and measure 1..max_streams streams until frames drop."""
+    restrict_host_addresses(["127.0.0.1"])  # the clients, like the server, stay on loopback
+    port = free_port()
+    env = {**os.environ, "STREAMVSR_SERVER__ICE_HOST_ADDRESSES": "127.0.0.1"}
+    command = [sys.executable, "-m", "server", "serve", "--port", str(port), "--max-sessions",
+               str(max_streams + 1), *engine_args]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(_wait_ready(base, process))
+        server = psutil.Process(process.pid)
+        results = []
+        for streams in range(1, max_streams + 1):
+            result = asyncio.run(measure(base, server, streams, seconds, size, fps))
+            results.append(result)
+            if result["frames_dropped"] > 0.01 * max(result["frames_in"], 1):
+                break
+        return results
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def _wait_ready(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError("the server did not become ready")
+
+
+def format_table(results: list[dict]) -> str:
+    head = ["streams", "frames in", "out", "dropped", "p50 ms", "p95 ms", "CPU %", "CPU %/stream"]
+    rows = [head]
+    for r in results:
+        rows.append([
+            str(r["streams"]), f"{r['frames_in']:.0f}", f"{r['frames_out']:.0f}",
+            f"{r['frames_dropped']:.0f}", str(r["latency_p50_ms"]), str(r["latency_p95_ms"]),
+            f"{r['server_cpu_percent']:.0f}", f"{r['server_cpu_percent_per_stream']:.0f}",
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
