@@ -78,9 +78,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
+    from .engines import create_engine
 
     settings = _settings(args)
     server = settings.server
+    choice = None
+    if settings.engine.kind == "stream-diffvsr":
+        # Asked for explicitly: refuse to start without it (auto loads in the background).
+        log.info("loading Stream-DiffVSR (%s) before serving", settings.engine.model)
+        choice = create_engine(settings.engine)
     context = None
     if server.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -88,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if context else "http"
     log.info("serving on %s://%s:%d/", scheme, server.host, server.port)
     web.run_app(
-        create_app(settings), host=server.host, port=server.port, ssl_context=context,
+        create_app(settings, choice), host=server.host, port=server.port, ssl_context=context,
         print=None, loop=uvloop.new_event_loop(), shutdown_timeout=5,
     )  # fmt: skip
     return 0
