@@ -26,6 +26,11 @@ async def open_publisher(
     check_publish_offer(offer)
     if kind == "whip" and rt.registry.publisher(stream) is not None:
         raise Problem(409, "Stream already published", f"stream {stream!r} has a publisher")
+    with rt.registry.reservation():
+        return await _open_publisher(rt, kind, offer, stream)
+
+
+async def _open_publisher(rt: Runtime, kind: str, offer: str, stream: str | None):
     session = Session(kind, RTCPeerConnection(rt.rtc_config), stream)
     if kind == "browser":  # the upscaled video goes back on the offer's video section
         session.outputs.append(UpscaledTrack(rt.metrics))
@@ -59,7 +64,13 @@ async def open_viewer(rt: Runtime, stream: str, offer: str) -> tuple[Session, st
         raise Problem(
             409, "Stream not live", f"stream {stream!r} has no publisher", {"Retry-After": "5"}
         )
-    session = Session("whep", RTCPeerConnection(rt.rtc_config), stream, publisher=publisher)
+    with rt.registry.reservation():
+        return await _open_viewer(rt, publisher, offer)
+
+
+async def _open_viewer(rt: Runtime, publisher: Session, offer: str) -> tuple[Session, str]:
+    session = Session("whep", RTCPeerConnection(rt.rtc_config), publisher.stream)
+    session.publisher = publisher
     video = UpscaledTrack(rt.metrics)
     session.tracks.append(video)
     if publisher.audio is not None:
@@ -73,7 +84,6 @@ async def open_viewer(rt: Runtime, stream: str, offer: str) -> tuple[Session, st
 
 async def _answer(rt: Runtime, session: Session, offer: str) -> str:
     """Apply the offer, answer it and register the session; on any failure undo everything."""
-    rt.registry.reserve()
     pc = session.pc
 
     @pc.on("connectionstatechange")
@@ -91,14 +101,8 @@ async def _answer(rt: Runtime, session: Session, offer: str) -> str:
         await pc.setLocalDescription(await pc.createAnswer())
         rt.registry.add(session)
     except BaseException:
-        session.closed = True
-        rt.scheduler.remove_stream(session.id)
-        for task in session.tasks:
-            task.cancel()
-        await pc.close()
+        await rt.registry.close(session, "negotiation failed")
         raise
-    finally:
-        rt.registry.release()
     return advertise_public_ip(pc.localDescription.sdp, rt.settings.public_ip)
 
 

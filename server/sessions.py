@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection
@@ -47,8 +49,16 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[None]:
+        """Hold a place for a session while it is negotiated; 503 when the server is full."""
+        self.reserve()
+        try:
+            yield
+        finally:
+            self.release()
+
     def reserve(self) -> None:
-        """Claim a place for a session being negotiated; 503 when the server is full."""
         if len(self._sessions) + self._pending >= self.max_sessions:
             self.metrics.sessions_rejected.labels("503").inc()
             raise Problem(
