@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,10 +71,18 @@ def to_uint8_frames(images: torch.Tensor) -> list[torch.Tensor]:
     return list(pixels.permute(0, 2, 3, 1).cpu())
 
 
-def group_by_size(requests: Sequence[FrameRequest]) -> dict[tuple[int, int], list[int]]:
-    """Indices of requests, grouped by frame size (only same-size frames share a batch)."""
+def step_by_size(
+    requests: Sequence[FrameRequest],
+    step_group: Callable[[list[FrameRequest]], list[FrameResult]],
+) -> list[FrameResult]:
+    """Run ``step_group`` once per frame size (only same-size frames share a batch); results
+    come back in the order of ``requests``."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, request in enumerate(requests):
         height, width = request.frame.shape[:2]
         groups.setdefault((int(height), int(width)), []).append(i)
-    return groups
+    results: list[FrameResult | None] = [None] * len(requests)
+    for indices in groups.values():
+        for i, result in zip(indices, step_group([requests[i] for i in indices]), strict=True):
+            results[i] = result
+    return results  # type: ignore[return-value]

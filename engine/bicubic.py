@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .base import FrameRequest, FrameResult, group_by_size, to_model_input, to_uint8_frames
+from .base import FrameRequest, FrameResult, step_by_size, to_model_input, to_uint8_frames
 from .device import resolve_device
 from .flow import upscale_bicubic
 from .state import SessionState
@@ -43,12 +43,13 @@ class BicubicEngine:
         self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
     ) -> list[FrameResult]:
         timer = timer or NO_TIMER
-        results: list[FrameResult | None] = [None] * len(requests)
-        for indices in group_by_size(requests).values():
-            frames_in = [requests[i].frame for i in indices]
+
+        def step_group(group: list[FrameRequest]) -> list[FrameResult]:
             with timer.stage("upscale"):
-                frames = self._upscale(frames_in)
-            for i, frame in zip(indices, frames):
-                state = requests[i].state
-                results[i] = FrameResult(replace(state, frame_index=state.frame_index + 1), frame)
-        return results  # type: ignore[return-value]
+                frames = self._upscale([r.frame for r in group])
+            return [
+                FrameResult(replace(r.state, frame_index=r.state.frame_index + 1), frame)
+                for r, frame in zip(group, frames)
+            ]
+
+        return step_by_size(requests, step_group)

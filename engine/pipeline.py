@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from .base import FrameRequest, FrameResult, group_by_size, to_model_input, to_uint8_frames
+from .base import FrameRequest, FrameResult, step_by_size, to_model_input, to_uint8_frames
 from .flow import FlowEstimator, flow_warp
 from .sampler import DDIMSampler
 from .state import SessionState
@@ -77,12 +77,7 @@ class StreamDiffVSR:
         self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
     ) -> list[FrameResult]:
         timer = timer or NO_TIMER
-        results: list[FrameResult | None] = [None] * len(requests)
-        for indices in group_by_size(requests).values():
-            group = [requests[i] for i in indices]
-            for i, result in zip(indices, self._step_group(group, timer)):
-                results[i] = result
-        return results  # type: ignore[return-value]
+        return step_by_size(requests, lambda group: self._step_group(group, timer))
 
     def _step_group(self, requests: list[FrameRequest], timer) -> list[FrameResult]:
         with timer.stage("upload"):

@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from engine.architecture import MODEL_ID
+from engine.loading import EngineOptions
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 ENV_PREFIX = "STREAMVSR_"
 
@@ -101,26 +104,16 @@ def _str(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+class EngineSettings(EngineOptions):
+    """``engine.load_engine``'s options plus which engine runs, the model and the seed."""
+
     kind: str = "auto"
-    model: str = "Jamichsu/Stream-DiffVSR"
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    steps: int = 4
-    flow_model: str = "raft_large"
-    flow_resolution: str = "hr"
-    flow_weights: str | None = None
-    attention: str = "sdpa"
-    unet: str | None = None
-    controlnet: str | None = None
-    vae: str | None = None
+    model: str = MODEL_ID
     seed: int | None = 0
 
     def engine_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``engine.load_engine`` (all but ``kind``, ``model``, ``seed``)."""
-        skip = {"kind", "model", "seed"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        """Keyword arguments of ``engine.load_engine`` (everything but the model)."""
+        return {f.name: getattr(self, f.name) for f in fields(EngineOptions)}
 
 
 @dataclass(frozen=True)
