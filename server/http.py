@@ -43,9 +43,9 @@ def check_bearer(request: web.Request, token: str | None) -> None:
         )  # fmt: skip
 
 
-def cors_headers(rt_or_origin: str, methods: str) -> dict[str, str]:
+def cors_headers(origin: str, methods: str) -> dict[str, str]:
     return {
-        "Access-Control-Allow-Origin": rt_or_origin,
+        "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": methods,
         "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
         "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Post, Retry-After",

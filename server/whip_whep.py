@@ -17,13 +17,11 @@ from .problems import Problem
 
 SDP = "application/sdp"
 DEFAULT_STREAM = "live"
+SETTINGS = web.AppKey("server_settings", ServerSettings)
 
 
 def _settings(request: web.Request) -> ServerSettings:
     return request.app[SETTINGS]
-
-
-SETTINGS = web.AppKey("server_settings", ServerSettings)
 
 
 def _created(request: web.Request, kind: str, stream: str, session_id: str, answer: str):
