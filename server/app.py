@@ -48,7 +48,7 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
     add_routes(app)
     if WEB_ROOT.is_dir():
         app.router.add_get("/", index)
-        app.router.add_static("/", WEB_ROOT)
+        app.router.add_static("/static/", WEB_ROOT)
     app.on_response_prepare.append(_cors_on_errors)
 
     async def start(app: web.Application) -> None:

@@ -7,12 +7,13 @@ import logging
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
+from aiortc.exceptions import OperationError
 
 from .fanout import Fanout
 from .ice import advertise_public_ip
 from .problems import Problem
 from .runtime import Runtime
-from .sdp import check_publish_offer, check_view_offer
+from .sdp import check_publish_offer, check_view_offer, describe_codecs
 from .sessions import Session
 from .tracks import UpscaledTrack, deliver_to, pump_video
 
@@ -24,9 +25,7 @@ async def open_publisher(
 ) -> tuple[Session, str]:
     """A session whose video the engine upscales; returns it and the SDP answer."""
     check_publish_offer(offer)
-    if kind == "whip" and rt.registry.publisher(stream) is not None:
-        raise Problem(409, "Stream already published", f"stream {stream!r} has a publisher")
-    with rt.registry.reservation():
+    with rt.registry.reservation(publishing=stream if kind == "whip" else None):
         return await _open_publisher(rt, kind, offer, stream)
 
 
@@ -94,10 +93,14 @@ async def _answer(rt: Runtime, session: Session, offer: str) -> str:
     try:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        except Exception as exc:  # aiortc raises several types for offers it cannot take
+        except OperationError as exc:  # nothing in the offer that aiortc can negotiate
             raise Problem(
-                422 if "codec" in str(exc).lower() else 400, "Unusable SDP offer", str(exc)
-            ) from exc
+                422, "Unusable SDP offer",
+                f"{exc}; offered codecs: {describe_codecs(offer)}. streamvsr receives VP8 or "
+                "H.264 Constrained Baseline (packetization-mode=1) video and Opus audio.",
+            ) from exc  # fmt: skip
+        except Exception as exc:  # a malformed offer: aiortc's parser raises various types
+            raise Problem(400, "Unusable SDP offer", str(exc) or type(exc).__name__) from exc
         await pc.setLocalDescription(await pc.createAnswer())
         rt.registry.add(session)
     except BaseException:

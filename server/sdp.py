@@ -23,6 +23,11 @@ def parse_media(sdp: str) -> list[MediaSection]:
     """The m= sections of an SDP with their direction, codecs and fmtp lines."""
     if not sdp.lstrip().startswith("v=0"):
         raise Problem(400, "Malformed SDP", "the body is not an SDP offer (it must start with v=0)")
+    for attribute in ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:"):
+        if attribute not in sdp:
+            raise Problem(
+                400, "Malformed SDP", f"the offer has no {attribute[:-1]} line (WebRTC needs it)"
+            )
     sections: list[MediaSection] = []
     for raw in sdp.splitlines():
         line = raw.strip()
@@ -85,3 +90,11 @@ def check_view_offer(sdp: str) -> list[MediaSection]:
     if not videos or videos[0].direction not in ("recvonly", "sendrecv"):
         raise Problem(422, "No video to receive", "a WHEP offer needs a recvonly m=video section")
     return sections
+
+
+def describe_codecs(sdp: str) -> str:
+    """'video: H264, VP8; audio: OPUS' for error messages."""
+    sections = parse_media(sdp)
+    return "; ".join(
+        f"{s.kind}: {', '.join(sorted(set(s.codecs.values()))) or 'none'}" for s in sections
+    )

@@ -45,20 +45,29 @@ class SessionRegistry:
         self.metrics = metrics
         self._sessions: dict[str, Session] = {}
         self._pending = 0  # sessions being negotiated (counted against the limit)
+        self._claimed: set[str] = set()  # streams whose publisher is being negotiated
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     @contextlib.contextmanager
-    def reservation(self) -> Iterator[None]:
-        """Hold a place for a session while it is negotiated; 503 when the server is full."""
-        self.reserve()
+    def reservation(self, publishing: str | None = None) -> Iterator[None]:
+        """Hold a place for a session while it is negotiated (503 when the server is full) and,
+        for a publisher, its stream name (409 when the stream has one or is being claimed)."""
+        if publishing is not None and (
+            publishing in self._claimed or self.publisher(publishing) is not None
+        ):
+            raise Problem(409, "Stream already published", f"stream {publishing!r} has a publisher")
+        self._reserve()
+        if publishing is not None:
+            self._claimed.add(publishing)
         try:
             yield
         finally:
-            self.release()
+            self._pending -= 1
+            self._claimed.discard(publishing)
 
-    def reserve(self) -> None:
+    def _reserve(self) -> None:
         if len(self._sessions) + self._pending >= self.max_sessions:
             self.metrics.sessions_rejected.labels("503").inc()
             raise Problem(
@@ -67,9 +76,6 @@ class SessionRegistry:
                 {"Retry-After": "10"},
             )  # fmt: skip
         self._pending += 1
-
-    def release(self) -> None:
-        self._pending -= 1
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
