@@ -86,3 +86,74 @@ def test_random_checkpoint_command_writes_the_official_layout(tmp_path: Path) ->
     }  # fmt: skip
     index = json.loads((tmp_path / "ckpt" / "model_index.json").read_text())
     assert index["vae"] == [None, "TemporalAutoencoderTiny"]
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_serve_speaks_https_with_a_certificate(tmp_path: Path) -> None:
+    import socket
+    import ssl
+    import time
+    import urllib.request
+
+    cert, key = _self_signed(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--engine", "bicubic", "--device", "cpu",
+         "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                url = f"https://127.0.0.1:{port}/healthz"
+                with urllib.request.urlopen(url, context=context, timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                assert time.monotonic() < deadline, "server did not answer over HTTPS"
+                time.sleep(0.2)
+        with pytest.raises(OSError):  # plain HTTP is not served on that port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_serve_refuses_to_start_without_the_asked_for_model(tmp_path: Path) -> None:
+    result = run_cli("serve", "--engine", "stream-diffvsr", "--model", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "not a checkpoint folder" in result.stderr
