@@ -46,22 +46,23 @@ class Engine(Protocol):
     ) -> list[FrameResult]: ...
 
 
+def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A uint8 (H, W, 3) RGB frame as a CPU tensor (read-only arrays, e.g. from PIL, are copied)."""
+    if isinstance(frame, np.ndarray):
+        if not frame.flags.writeable or not frame.flags.c_contiguous:
+            frame = np.array(frame, order="C")
+        frame = torch.from_numpy(frame)
+    if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(
+            f"frames must be uint8 RGB arrays of shape (H, W, 3), got {tuple(frame.shape)} "
+            f"{frame.dtype}"
+        )
+    return frame
+
+
 def to_model_input(frames: Sequence[np.ndarray | torch.Tensor], device, dtype) -> torch.Tensor:
     """Stack uint8 HWC RGB frames into a (B, 3, H, W) tensor in [-1, 1] on ``device``."""
-    tensors = []
-    for frame in frames:
-        tensor = (
-            torch.from_numpy(np.ascontiguousarray(frame))
-            if isinstance(frame, np.ndarray)
-            else frame
-        )
-        if tensor.dtype != torch.uint8 or tensor.ndim != 3 or tensor.shape[2] != 3:
-            raise ValueError(
-                f"frames must be uint8 RGB arrays of shape (H, W, 3), got {tuple(tensor.shape)} "
-                f"{tensor.dtype}"
-            )
-        tensors.append(tensor)
-    batch = torch.stack(tensors).to(device, non_blocking=True)
+    batch = torch.stack([as_frame_tensor(f) for f in frames]).to(device, non_blocking=True)
     return batch.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1)
 
 

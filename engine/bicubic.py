@@ -12,7 +12,14 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .base import FrameRequest, FrameResult, step_by_size, to_model_input, to_uint8_frames
+from .base import (
+    FrameRequest,
+    FrameResult,
+    as_frame_tensor,
+    step_by_size,
+    to_model_input,
+    to_uint8_frames,
+)
 from .device import resolve_device
 from .flow import upscale_bicubic
 from .state import SessionState
@@ -31,7 +38,7 @@ class BicubicEngine:
         if self.device.type != "cpu":
             lr = to_model_input(frames, self.device, self.dtype)
             return to_uint8_frames(upscale_bicubic(lr, self.scale))
-        batch = torch.stack([torch.as_tensor(f) for f in frames]).permute(0, 3, 1, 2)
+        batch = torch.stack([as_frame_tensor(f) for f in frames]).permute(0, 3, 1, 2)
         up = F.interpolate(batch, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return list(up.permute(0, 2, 3, 1))  # channels-last memory: (H, W, 3) views, no copy
 
