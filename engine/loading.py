@@ -61,6 +61,7 @@ class EngineOptions:
     unet: str | None = None
     controlnet: str | None = None
     vae: str | None = None
+    vae_tile: int = 0
 
 
 def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
@@ -96,7 +97,14 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
         unet.enable_xformers_memory_efficient_attention()
         controlnet.enable_xformers_memory_efficient_attention()
     return StreamDiffVSR(
-        unet, controlnet, vae, sampler, prompt_embeds, flow.to(device), model_id=str(model)
+        unet,
+        controlnet,
+        vae,
+        sampler,
+        prompt_embeds,
+        flow.to(device),
+        model_id=str(model),
+        vae_tile=opts.vae_tile,
     )
 
 

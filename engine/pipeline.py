@@ -26,6 +26,7 @@ from .base import FrameRequest, FrameResult, step_by_size, to_model_input, to_ui
 from .flow import FlowEstimator, flow_warp
 from .sampler import DDIMSampler
 from .state import SessionState
+from .tiling import decode_tiled
 from .timing import NO_TIMER, StageTimer
 from .vae import TemporalAutoencoderTiny
 
@@ -51,6 +52,7 @@ class StreamDiffVSR:
         prompt_embeds: torch.Tensor,
         flow: FlowEstimator,
         model_id: str = "",
+        vae_tile: int = 0,
     ):
         self.unet = unet
         self.controlnet = controlnet
@@ -58,6 +60,7 @@ class StreamDiffVSR:
         self.sampler = sampler
         self.flow = flow
         self.model_id = model_id
+        self.vae_tile = vae_tile  # latent tile size for tiled decoding; 0 = whole frames
         self.device = unet.device
         self.dtype = unet.dtype
         self.scale = vae.spatial_scale
@@ -186,17 +189,23 @@ class StreamDiffVSR:
     def _decode(self, latents: torch.Tensor, guidance: _Guidance | None) -> torch.Tensor:
         latents = latents.to(self.dtype)
         if guidance is None:
-            return self.vae.decode(latents)
+            return self._vae_decode(latents, None)
         if len(guidance.rows) == latents.shape[0]:
-            return self.vae.decode(latents, guidance.features)
+            return self._vae_decode(latents, guidance.features)
         # A mixed batch: first frames decode without temporal features, the rest with them.
         first = [i for i in range(latents.shape[0]) if i not in guidance.rows]
-        out_first = self.vae.decode(latents[first])
-        out_rest = self.vae.decode(latents[guidance.rows], guidance.features)
+        out_first = self._vae_decode(latents[first], None)
+        out_rest = self._vae_decode(latents[guidance.rows], guidance.features)
         out = out_first.new_empty((latents.shape[0], *out_first.shape[1:]))
         out[first] = out_first
         out[guidance.rows] = out_rest
         return out
+
+    def _vae_decode(self, latents: torch.Tensor, features) -> torch.Tensor:
+        if self.vae_tile and max(latents.shape[-2:]) > self.vae_tile:
+            overlap = max(1, self.vae_tile // 4)
+            return decode_tiled(self.vae, latents, features, self.vae_tile, overlap)
+        return self.vae.decode(latents, features)
 
 
 def _scatter_rows(values: torch.Tensor, rows: list[int], batch: int) -> torch.Tensor:

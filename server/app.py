@@ -23,6 +23,7 @@ from .problems import Problem, problem_middleware
 from .runtime import Runtime
 from .scheduler import FrameScheduler
 from .sessions import SessionRegistry
+from .stats import get_stats
 from .whip_whep import SETTINGS, add_routes
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/offer", post_offer)
+    app.router.add_get("/api/stats", get_stats)
     add_routes(app)
     if WEB_ROOT.is_dir():
         app.router.add_get("/", index)

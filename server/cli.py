@@ -27,9 +27,10 @@ ENGINE_FLAGS = {
     "--unet": ("unet", "UNet override: component folder or weights file"),
     "--controlnet": ("controlnet", "ControlNet override: component folder or weights file"),
     "--vae": ("vae", "temporal VAE override: component folder or weights file"),
+    "--vae-tile": ("vae_tile", "decode in latent tiles of this size (0 = off; saves memory)"),
     "--seed": ("seed", "noise seed of the first session"),
 }
-INT_KEYS = {"steps", "seed"}
+INT_KEYS = {"steps", "seed", "vae_tile"}
 SERVER_FLAGS = {
     "--host": ("host", str, "address to listen on (0.0.0.0: all interfaces)"),
     "--port": ("port", int, "TCP port"),

@@ -57,6 +57,12 @@ def _non_negative(value: Any) -> float:
     return value
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number >= 0")
+    return value
+
+
 def _port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError("must be a port number 0-65535")
@@ -185,6 +191,7 @@ ENGINE_SCHEMA = {
     "unet": _optional_str,
     "controlnet": _optional_str,
     "vae": _optional_str,
+    "vae_tile": _non_negative_int,
     "seed": _optional_int,
 }
 SECTIONS = {
