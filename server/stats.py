@@ -44,11 +44,16 @@ def stats_of(metrics: Metrics) -> dict[str, Any]:
 
 
 async def get_stats(request: web.Request) -> web.Response:
+    """``?session=<id>`` adds ``session_open``: whether that session is still open here (a page
+    learns at once that the server ended its session, instead of waiting for ICE to time out)."""
     rt = runtime_of(request)  # 503 "Not ready" while the engine loads
-    body = {
+    body: dict[str, Any] = {
         "engine": rt.choice.engine.name,
         "engine_reason": rt.choice.reason,
         "max_sessions": rt.registry.max_sessions,
         **stats_of(rt.metrics),
     }
+    session = request.query.get("session")
+    if session:
+        body["session_open"] = rt.registry.get(session) is not None
     return web.json_response(body, headers={"Cache-Control": "no-store"})
