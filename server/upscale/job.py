@@ -97,6 +97,11 @@ def run_upscale(engine: Engine, options: UpscaleOptions) -> dict[str, Any]:
 def _check_video_output(output: Path, options: UpscaleOptions) -> None:
     if output.suffix.lower() != ".mp4":
         raise UpscaleError(f"video output must be an .mp4 file, got {output}")
+    if options.output_size and any(side % 2 for side in options.output_size):
+        width, height = options.output_size
+        raise UpscaleError(f"--output-size {width}x{height}: H.264 (yuv420p) needs even sides")
+    if not 0 <= options.crf <= 51:
+        raise UpscaleError(f"--crf must be between 0 and 51, got {options.crf}")
     Staged(output, options.overwrite)
     if options.save_frames:
         Staged(output.with_name(f"{output.stem}_frames"), options.overwrite)
@@ -169,8 +174,6 @@ def _run_video(engine, options: UpscaleOptions, info: VideoInfo, output: Path) -
     staged_frames = Staged(frames_dir, options.overwrite) if options.save_frames else None
     width, height = options.input_size or info.size
     size = options.output_size or (width * engine.scale, height * engine.scale)
-    start_time = float(options.frames.start / info.rate)
-    end_time = None if options.frames.stop is None else float(options.frames.stop / info.rate)
     expected = len(options.frames.apply(info.frame_count)) if info.frame_count else None
     started = time.perf_counter()
     writer = None
@@ -178,7 +181,8 @@ def _run_video(engine, options: UpscaleOptions, info: VideoInfo, output: Path) -
     try:
         writer = VideoWriter(
             staged.temp, size, info.rate, info.time_base, options.codec, options.crf,
-            options.preset, info.path if info.has_audio else None, start_time, end_time,
+            options.preset, info.path if info.has_audio else None,
+            trim_audio=options.frames.stop is not None,
         )  # fmt: skip
         if staged_frames is not None:
             staged_frames.temp.mkdir()

@@ -19,6 +19,7 @@ from .errors import UpscaleError
 
 # Audio codecs the MP4 muxer takes as they are; others are transcoded to AAC.
 MP4_AUDIO = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 
 
 class Staged:
@@ -71,8 +72,7 @@ class VideoWriter:
         crf: int = 18,
         preset: str = "medium",
         audio_from: Path | None = None,
-        start_time: float = 0.0,
-        end_time: float | None = None,
+        trim_audio: bool = False,
     ):
         self.container = av.open(str(path), mode="w", format="mp4")
         try:
@@ -86,27 +86,36 @@ class VideoWriter:
         if codec in ("libx264", "libx265"):
             self.video.options = {"crf": str(crf), "preset": preset}
         self.time_base = time_base
+        self.frame_seconds = float(1 / rate)
         self.first_pts: int | None = None
-        self.audio = (
-            AudioCopy(self.container, audio_from, start_time, end_time) if audio_from else None
-        )
+        self.last_time = 0.0
+        self.trim_audio = trim_audio  # end the audio with the video (a chosen frame range)
+        self.audio = AudioCopy(self.container, audio_from) if audio_from else None
 
     def write(self, pixels: np.ndarray, pts: int) -> None:
         if self.first_pts is None:
             self.first_pts = pts
+            if self.audio is not None:  # the output's t=0 is the first frame's time
+                self.audio.start = float(pts * self.time_base)
         frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
         frame.pts = pts - self.first_pts  # the output starts at 0; spacing kept
         frame.time_base = self.time_base
-        for packet in self.video.encode(frame):
-            self.container.mux(packet)
+        self.last_time = float(frame.pts * self.time_base)
+        self._encode(frame)
         if self.audio is not None:
-            self.audio.copy_until(float(frame.pts * self.time_base))
+            self.audio.copy_until(self.last_time)
+
+    def _encode(self, frame: av.VideoFrame | None) -> None:
+        try:
+            for packet in self.video.encode(frame):
+                self.container.mux(packet)
+        except av.FFmpegError as exc:
+            raise UpscaleError(f"the video encoder refused its settings or input: {exc}") from exc
 
     def close(self) -> None:
-        for packet in self.video.encode():
-            self.container.mux(packet)
+        self._encode(None)
         if self.audio is not None:
-            self.audio.copy_until(None)
+            self.audio.copy_until(self.last_time + self.frame_seconds if self.trim_audio else None)
             self.audio.close()
         self.container.close()
 
@@ -119,18 +128,20 @@ class VideoWriter:
 class AudioCopy:
     """The source's first audio stream, written into ``output`` up to a given time."""
 
-    def __init__(self, output, source: Path, start_time: float, end_time: float | None):
+    def __init__(self, output, source: Path):
         self.input = av.open(str(source))
         self.stream = self.input.streams.audio[0]
-        self.start, self.end = start_time, end_time
-        name = self.stream.codec_context.name
-        self.copy = name in MP4_AUDIO
+        self.start = 0.0  # source time (s) of the output's t=0: set from the first video frame
+        context = self.stream.codec_context
+        self.copy = context.name in MP4_AUDIO
         self.output = output
         if self.copy:
             self.out = output.add_stream_from_template(self.stream)
         else:
-            self.out = output.add_stream("aac", rate=self.stream.codec_context.sample_rate)
-            self.out.layout = self.stream.codec_context.layout
+            self.out = output.add_stream("aac", rate=context.sample_rate)
+            # A plain channel count ("2 channels") is not a layout AAC takes: use the default.
+            channels = len(context.layout.channels)
+            self.out.layout = DEFAULT_LAYOUTS.get(channels, context.layout.name)
         self.out.time_base = self.stream.time_base
         self.packets = self.input.demux(self.stream)
         self.pending = None
@@ -145,9 +156,7 @@ class AudioCopy:
             source_time = float(packet.pts * tb)
             if source_time < self.start:
                 continue
-            if self.end is not None and source_time >= self.end:
-                return
-            if seconds is not None and source_time - self.start > seconds:
+            if seconds is not None and source_time - self.start >= seconds:
                 self.pending = packet
                 return
             packet.pts -= offset
