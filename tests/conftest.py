@@ -151,3 +151,16 @@ def run_stream(
 def stream() -> Callable[..., tuple[list[torch.Tensor], list[SessionState]]]:
     """``stream(engine, frames, seed=0, noises=None, state=None)``: see ``run_stream``."""
     return run_stream
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_settings(tiny_checkpoint: Path, raft_weights: Path) -> dict[str, str]:
+    """``engine`` settings that make the server load the tiny checkpoint (a real, slow start)."""
+    return {
+        "kind": "stream-diffvsr",
+        "model": str(tiny_checkpoint),
+        "flow_model": "raft_small",
+        "flow_weights": str(raft_weights),
+        "device": "cpu",
+        "dtype": "fp32",
+    }

@@ -42,6 +42,7 @@ from webrtc_peers import (
     make_offer,
     open_browser_peer,
     running_server,
+    wait_until,
 )
 
 from engine import BicubicEngine
@@ -234,17 +235,6 @@ async def _query(http: aiohttp.ClientSession, expr: str) -> list[dict[str, Any]]
     return body["data"]["result"]
 
 
-async def _wait(check, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 def _rounded(result: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for item in result:
@@ -270,7 +260,7 @@ async def test_every_dashboard_and_alert_query_returns_data(tmp_path: Path) -> N
                             return response.status == 200
                     return False
 
-                await _wait(prom_ready, 15, "Prometheus to start")
+                await wait_until(prom_ready, 15, "Prometheus to start", interval=0.25)
                 peer = await open_browser_peer(server.http, video, keep_images=False)
                 try:
                     await peer.collector.wait_video(1)
@@ -286,7 +276,9 @@ async def test_every_dashboard_and_alert_query_returns_data(tmp_path: Path) -> N
                         up = await _query(prom, 'up{job="streamvsr"}')
                         return bool(sent) and float(sent[0]["value"][1]) > 0 and bool(up)
 
-                    await _wait(scraped_stream, 10, "Prometheus to scrape the stream")
+                    await wait_until(
+                        scraped_stream, 10, "Prometheus to scrape the stream", interval=0.25
+                    )
                     await asyncio.sleep(1.5)  # one more scrape and rule evaluation
                     panels = await _evaluate_dashboard(prom)
                     alerts = await _evaluate_alerts(prom)
@@ -347,7 +339,7 @@ async def _evaluate_alerts(prom: aiohttp.ClientSession) -> list[dict[str, Any]]:
         done = [r for r in rules if not r.get("lastEvaluation", "0001").startswith("0001")]
         return rules if len(done) == len(alert_rules()) else None
 
-    rules = await _wait(rules_evaluated, 5, "the alert rules to be evaluated")
+    rules = await wait_until(rules_evaluated, 5, "the alert rules to be evaluated", interval=0.25)
     for rule in rules:
         assert rule["health"] == "ok", rule
         assert rule["state"] == "inactive", rule  # a healthy stream fires nothing

@@ -356,17 +356,10 @@ async def _sessions(server, count: int) -> bool:
 
 
 async def test_not_ready_is_shown_then_the_page_connects_by_itself(
-    clip: Path, tiny_checkpoint: Path, raft_weights: Path
+    clip: Path, tiny_engine_settings: dict[str, str]
 ) -> None:
     """A real slow start: the tiny Stream-DiffVSR checkpoint loads on the CPU (a few seconds)."""
-    engine_settings = {
-        "kind": "stream-diffvsr",
-        "model": str(tiny_checkpoint),
-        "flow_model": "raft_small",
-        "flow_weights": str(raft_weights),
-        "device": "cpu",
-        "dtype": "fp32",
-    }
+    engine_settings = tiny_engine_settings
     async with (
         running_server(engine_settings=engine_settings, wait_ready=None) as server,
         browser_page(server.url, clip) as page,

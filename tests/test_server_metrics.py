@@ -119,17 +119,10 @@ async def test_metrics_after_a_run() -> None:
             assert not HEX_ID.search(label_value), (name, label, label_value)
 
 
-async def test_readyz_while_the_engine_loads(tiny_checkpoint, raft_weights) -> None:
+async def test_readyz_while_the_engine_loads(tiny_engine_settings) -> None:
     """Loading Stream-DiffVSR (the tiny checkpoint) happens off the request path: meanwhile
     /readyz and session requests get 503 + Retry-After at once, then the server becomes ready."""
-    engine_settings = {
-        "kind": "stream-diffvsr",
-        "model": str(tiny_checkpoint),
-        "flow_model": "raft_small",
-        "flow_weights": str(raft_weights),
-        "device": "cpu",
-        "dtype": "fp32",
-    }
+    engine_settings = tiny_engine_settings
     offer = strip_candidates(await make_offer(video="sendonly"))
     async with running_server(
         engine_settings=engine_settings, server={"whip_token": "x"}, wait_ready=None
