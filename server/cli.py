@@ -228,6 +228,18 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_encode(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.encoding import format_table, run
+
+    results = run(frames=args.frames, preset=args.preset)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamvsr",
@@ -354,6 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-streams", type=int, default=8)
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=cmd_bench_serving)
+
+    p = sub.add_parser(
+        "bench-encode",
+        help="measure the server's video encoders at 720p, 1080p and 1440p output",
+        description="ms per frame of the H.264 (x264, the server's settings) and VP8 encoders "
+        "on moving textured frames at 1280x720, 1920x1080 and 2560x1440.",
+    )
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=cmd_bench_encode)
 
     p = sub.add_parser(
         "random-checkpoint",

@@ -157,3 +157,14 @@ def test_serve_refuses_to_start_without_the_asked_for_model(tmp_path: Path) -> N
     result = run_cli("serve", "--engine", "stream-diffvsr", "--model", str(tmp_path / "none"))
     assert result.returncode == 2
     assert "not a checkpoint folder" in result.stderr
+
+
+def test_bench_encode_measures_the_servers_encoders() -> None:
+    from bench.encoding import measure
+    from server.encoding import EncoderSettings
+
+    for codec in ("h264", "vp8"):
+        result = measure(codec, "720p", 3, EncoderSettings(x264_preset="ultrafast"))
+        assert result["size"] == "720p" and result["codec"] == codec
+        assert result["ms_per_frame"] > 0 and result["p95_ms"] >= 0
+        assert result["kbit_per_frame"] > 1  # real packets came out
