@@ -16,6 +16,7 @@ from torchvision.models.optical_flow import (
 )
 
 from .errors import CheckpointError
+from .weights import read_state_dict
 
 RAFT_MODELS = {
     "raft_large": (raft_large, Raft_Large_Weights.DEFAULT),
@@ -61,11 +62,7 @@ def build_raft(name: str = "raft_large", weights: str | Path | None = None) -> n
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_state_dict(path)
     except FileNotFoundError as exc:
         raise CheckpointError(f"flow weights file {path} does not exist") from exc
     except Exception as exc:

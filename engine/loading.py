@@ -26,6 +26,7 @@ from .flow import FlowEstimator, FlowResolution, build_raft
 from .pipeline import StreamDiffVSR
 from .sampler import DDIMSampler
 from .vae import TemporalAutoencoderTiny
+from .weights import read_state_dict
 
 log = logging.getLogger(__name__)
 # diffusers/transformers chatter (progress bars, dtype-casting advice) is not for our users.
@@ -228,17 +229,9 @@ def _corrupt(component: str, where: Path, exc: Exception) -> CheckpointError:
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _load_strict(module: nn.Module, weights: Path, component: str) -> None:
     try:
-        state = _read_state_dict(weights)
+        state = read_state_dict(weights)
     except Exception as exc:
         raise _corrupt(component, weights, exc) from exc
     try:
