@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from engine import Engine, FrameRequest, SessionState, StageTimer
+from engine import Engine, FrameRequest, SessionState
+from engine.timing import stage_timer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class FrameScheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="streamvsr-gpu", daemon=True)
-        self._timer = StageTimer(getattr(engine, "device", None))
+        # CUDA-event timing: per-stage GPU time for metrics without stalling the step.
+        self._timer = stage_timer(getattr(engine, "device", None), sync=False)
 
     def start(self) -> None:
         self._thread.start()
