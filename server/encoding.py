@@ -3,22 +3,42 @@
 aiortc caps H264 at 3 Mbps (VP8 at 1.5 Mbps) and runs x264 with its slow default preset: fine for a
 webcam, too little and too slow for 720p-1440p output. ``install`` makes every RTCRtpSender use
 encoders with our caps and preset (aiortc has no setting for this, so its factory is replaced).
+H.264 is encoded on the GPU with NVENC (``h264_nvenc``) where it can be opened, else with x264
+(``server.h264_encoder``: auto, x264 or nvenc; see ``select_h264_encoder``).
 """
 
 from __future__ import annotations
 
 import fractions
+import functools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
+import av.logging
 from aiortc import rtcrtpsender
 from aiortc.codecs import get_encoder as aiortc_get_encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+log = logging.getLogger(__name__)
+
 FRAME_RATE = 30
+X264, NVENC = "libx264", "h264_nvenc"  # FFmpeg encoder names
+# A fast NVENC preset (p1 fastest .. p7) tuned for ultra-low latency: no B-frames, no lookahead,
+# a packet per frame (delay 0), and a forced keyframe (the peer's PLI) is an IDR, as with x264.
+NVENC_OPTIONS = {
+    "preset": "p2",
+    "tune": "ull",
+    "profile": "baseline",
+    "rc": "cbr",
+    "zerolatency": "1",
+    "delay": "0",
+    "bf": "0",
+    "forced-idr": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,7 @@ class EncoderSettings:
     min_bitrate: int = 1_000_000
     start_bitrate: int = 4_000_000
     max_bitrate: int = 12_000_000
+    h264_codec: str = X264  # X264 or NVENC: what ``select_h264_encoder`` chose
 
 
 def h264_level(width: int, height: int) -> str:
@@ -75,22 +96,86 @@ class TunedH264Encoder(_BitrateCaps, H264Encoder):
             yield from self._split_bitstream(data)
 
     def _open(self, width: int, height: int):
-        codec = av.CodecContext.create("libx264", "w")
-        codec.width, codec.height = width, height
-        codec.bit_rate = self.target_bitrate
-        codec.pix_fmt = "yuv420p"
-        codec.framerate = fractions.Fraction(FRAME_RATE, 1)
-        codec.time_base = fractions.Fraction(1, FRAME_RATE)
-        codec.profile = "Baseline"  # what WebRTC peers negotiate (42e01f)
-        codec.options = {
-            "preset": self.settings.x264_preset,
-            "tune": "zerolatency",
-            "level": h264_level(width, height),
-            # VBV: keep the rate near the target so that packets do not burst.
-            "maxrate": str(self.target_bitrate),
-            "bufsize": str(self.target_bitrate),
-        }
-        return codec
+        return h264_context(
+            self.settings.h264_codec, width, height, self.target_bitrate, self.settings.x264_preset
+        )
+
+
+def h264_context(name: str, width: int, height: int, bitrate: int, x264_preset: str = "veryfast"):
+    """An unopened H.264 encoder (``X264`` or ``NVENC``) set up for WebRTC: Constrained Baseline,
+    low latency, rate held near ``bitrate``. It opens on its first ``encode``."""
+    codec = av.CodecContext.create(name, "w")
+    codec.width, codec.height = width, height
+    codec.bit_rate = bitrate
+    codec.pix_fmt = "yuv420p"
+    codec.framerate = fractions.Fraction(FRAME_RATE, 1)
+    codec.time_base = fractions.Fraction(1, FRAME_RATE)
+    codec.profile = "Baseline"  # what WebRTC peers negotiate (42e01f)
+    if name == NVENC:
+        options = dict(NVENC_OPTIONS)  # NVENC takes its profile from its own option
+    else:
+        options = {"preset": x264_preset, "tune": "zerolatency"}
+    codec.options = {
+        **options,
+        "level": h264_level(width, height),
+        # VBV: keep the rate near the target so that packets do not burst.
+        "maxrate": str(bitrate),
+        "bufsize": str(bitrate),
+    }
+    return codec
+
+
+def _try_nvenc() -> None:
+    """Open NVENC with the serving options and encode one small frame; raises if it cannot."""
+    codec = h264_context(NVENC, 256, 144, 1_000_000)
+    frame = av.VideoFrame(256, 144, "yuv420p")
+    frame.pts = 0
+    packets = codec.encode(frame) + codec.encode(None)
+    if not any(packet.size for packet in packets):
+        raise RuntimeError("it encoded no packet")
+
+
+@functools.cache
+def nvenc_unavailable() -> str | None:
+    """Why NVENC cannot be used in this process (None: it can). Probed once, then cached."""
+    if NVENC not in av.codecs_available:
+        return f"this FFmpeg build has no {NVENC}"
+    level = av.logging.get_level()
+    try:
+        with av.logging.Capture():  # FFmpeg's own words ("Cannot load libcuda.so.1"), unprinted
+            av.logging.set_level(av.logging.ERROR)
+            _try_nvenc()
+    except Exception as exc:  # no GPU, no driver, no NVENC on this GPU, sessions exhausted...
+        log_entry = getattr(exc, "log", None)  # PyAV: (level, name, message) of FFmpeg's error
+        reason = (log_entry[2].strip() if log_entry else "") or getattr(exc, "strerror", None)
+        return f"{NVENC} could not be opened ({reason or exc})"
+    finally:
+        av.logging.set_level(level)
+    return None
+
+
+def select_h264_encoder(choice: str) -> str:
+    """The FFmpeg encoder for ``server.h264_encoder`` (auto, x264 or nvenc), logged with why.
+
+    ``nvenc`` when NVENC cannot be opened raises ``ConfigError``, so that the server does not start.
+    """
+    if choice == "x264":
+        name, why = X264, "server.h264_encoder is x264"
+    else:
+        unavailable = nvenc_unavailable()
+        if unavailable is None:
+            name, why = NVENC, f"server.h264_encoder is {choice} and NVENC opened"
+        elif choice == "nvenc":
+            from .config import ConfigError  # imports torch; not needed by the benchmarks
+
+            raise ConfigError(
+                f"server.h264_encoder is nvenc but {unavailable} "
+                "(use auto or x264 to encode on the CPU)"
+            )
+        else:
+            name, why = X264, f"server.h264_encoder is auto and {unavailable}"
+    log.info("H.264 encoder: %s (%s)", name, why)
+    return name
 
 
 class TunedVp8Encoder(_BitrateCaps, Vp8Encoder):
