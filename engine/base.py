@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +45,9 @@ class Engine(Protocol):
         self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
     ) -> list[FrameResult]: ...
 
+    def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
+        """Get ready for batches of these (height, width) LR sizes and sizes (e.g. compile)."""
+
 
 def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A uint8 (H, W, 3) RGB frame as a CPU tensor (read-only arrays, e.g. from PIL, are copied)."""
@@ -61,15 +64,40 @@ def as_frame_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def to_model_input(frames: Sequence[np.ndarray | torch.Tensor], device, dtype) -> torch.Tensor:
-    """Stack uint8 HWC RGB frames into a (B, 3, H, W) tensor in [-1, 1] on ``device``."""
-    batch = torch.stack([as_frame_tensor(f) for f in frames]).to(device, non_blocking=True)
+    """Stack uint8 HWC RGB frames into a (B, 3, H, W) tensor in [-1, 1] on ``device``.
+
+    For CUDA the frames are stacked straight into pinned memory and uploaded asynchronously (the
+    caching host allocator keeps the pinned block until the copy is done); conversion runs on the
+    GPU.
+    """
+    tensors = [as_frame_tensor(f) for f in frames]
+    if torch.device(device).type == "cuda":
+        shape = (len(tensors), *tensors[0].shape)
+        pinned = torch.stack(tensors, out=torch.empty(shape, dtype=torch.uint8, pin_memory=True))
+        batch = pinned.to(device, non_blocking=True)
+    else:
+        batch = torch.stack(tensors).to(device, non_blocking=True)
     return batch.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1)
 
 
 def to_uint8_frames(images: torch.Tensor) -> list[torch.Tensor]:
-    """(B, 3, H, W) images in [-1, 1] -> list of uint8 (H, W, 3) CPU tensors."""
-    pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return list(pixels.permute(0, 2, 3, 1).cpu())
+    """(B, 3, H, W) images in [-1, 1] -> list of uint8 (H, W, 3) CPU tensors.
+
+    For CUDA the download goes through a pinned buffer, fresh per call (so results never alias the
+    next step's; cheap once the caching host allocator has a block of that size), and this is the
+    step's one host synchronisation.
+    """
+    pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round()
+    if pixels.device.type != "cuda":
+        return list(pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    # channels_last makes the (B, H, W, 3) view contiguous: one plain memcpy to the host.
+    pixels = pixels.to(torch.uint8, memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(pixels, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(pixels.device))
+    done.synchronize()
+    return list(host)
 
 
 def step_by_size(
@@ -78,10 +106,19 @@ def step_by_size(
 ) -> list[FrameResult]:
     """Run ``step_group`` once per frame size (only same-size frames share a batch); results
     come back in the order of ``requests``."""
-    groups: dict[tuple[int, int], list[int]] = {}
+    return step_grouped(requests, lambda request: tuple(request.frame.shape[:2]), step_group)
+
+
+def step_grouped(
+    requests: Sequence[FrameRequest],
+    key: Callable[[FrameRequest], Hashable],
+    step_group: Callable[[list[FrameRequest]], list[FrameResult]],
+) -> list[FrameResult]:
+    """Run ``step_group`` once per group of requests with equal ``key``; results come back in the
+    order of ``requests``."""
+    groups: dict[Hashable, list[int]] = {}
     for i, request in enumerate(requests):
-        height, width = request.frame.shape[:2]
-        groups.setdefault((int(height), int(width)), []).append(i)
+        groups.setdefault(key(request), []).append(i)
     results: list[FrameResult | None] = [None] * len(requests)
     for indices in groups.values():
         for i, result in zip(indices, step_group([requests[i] for i in indices]), strict=True):

@@ -6,7 +6,7 @@ its rounding and coefficients differ slightly from the float kernel); elsewhere 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import torch
@@ -44,6 +44,9 @@ class BicubicEngine:
 
     def new_session(self, seed: int | None = None) -> SessionState:
         return SessionState.new(0 if seed is None else seed)
+
+    def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
+        """Nothing to prepare: no compiled graphs."""
 
     @torch.inference_mode()
     def step(

@@ -19,10 +19,12 @@ from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from torch import nn
 
+from .acceleration import Acceleration
 from .architecture import MODEL_ID
 from .device import check_attention, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .flow import FlowEstimator, FlowResolution, build_raft
+from .networks import check_controlnet_config
 from .pipeline import StreamDiffVSR
 from .sampler import DDIMSampler
 from .vae import TemporalAutoencoderTiny
@@ -63,6 +65,16 @@ class EngineOptions:
     controlnet: str | None = None
     vae: str | None = None
     vae_tile: int = 0
+    channels_last: bool = False
+    sdpa_backend: str = "auto"
+    compile: str = "off"
+    compile_backend: str = "inductor"
+
+    @property
+    def acceleration(self) -> Acceleration:
+        return Acceleration(
+            self.channels_last, self.sdpa_backend, self.compile, self.compile_backend
+        )
 
 
 def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
@@ -71,6 +83,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     check_attention(opts.attention)
+    opts.acceleration.check(device)
     overrides = {name: getattr(opts, name) for name in OVERRIDABLE if getattr(opts, name)}
     root = resolve_checkpoint(model, opts.revision, skip=tuple(overrides))
     log.info(
@@ -84,6 +97,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
             f"{root / 'unet'}: num_class_embeds is set, but Stream-DiffVSR passes no class labels"
         )
     controlnet = _load_diffusers(ControlNetModel, root, "controlnet", overrides.get("controlnet"))
+    check_controlnet_config(controlnet)
     vae = load_vae(root / "vae", overrides.get("vae"))
     prompt_embeds = encode_empty_prompt(root)
     sampler = DDIMSampler.from_scheduler(_load_scheduler(root), opts.steps)
@@ -94,6 +108,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
     )
     for module in (unet, controlnet, vae):
         module.to(device, dtype).eval().requires_grad_(False)
+        opts.acceleration.memory_format(module)
     if opts.attention == "xformers":
         unet.enable_xformers_memory_efficient_attention()
         controlnet.enable_xformers_memory_efficient_attention()
@@ -106,6 +121,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
         flow.to(device),
         model_id=str(model),
         vae_tile=opts.vae_tile,
+        acceleration=opts.acceleration,
     )
 
 

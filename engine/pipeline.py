@@ -11,33 +11,76 @@ frame (see docs: the per-frame algorithm):
    (ARTG) steers with the warped image;
 4. decode with the temporal decoder (TPM) fed the features of step 2.
 
-A stream's first frame (or the first after a size change) skips 1, 2 and the ControlNet.
+A stream's first frame (or the first after a size change) skips 1, 2 and the ControlNet. A batch
+holds either first frames only or continuing frames only (a mixed set runs as two batches), so every
+batch has one fixed computation graph: what ``torch.compile`` and CUDA graphs need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
+from torch import nn
 
-from .base import FrameRequest, FrameResult, step_by_size, to_model_input, to_uint8_frames
+from .acceleration import Acceleration, CompiledCall
+from .base import FrameRequest, FrameResult, step_grouped, to_model_input, to_uint8_frames
 from .flow import FlowEstimator, flow_warp
+from .networks import NoisePredictor
 from .sampler import DDIMSampler
 from .state import SessionState
 from .tiling import decode_tiled
 from .timing import NO_TIMER, StageTimer
-from .vae import TemporalAutoencoderTiny
+from .vae import TemporalAutoencoderTiny, TinyEncoder
+
+log = logging.getLogger(__name__)
+
+
+class GuideEncoder(nn.Module):
+    """The previous output warped onto the current frame, as the ControlNet's embedded condition
+    and the temporal decoder's features. Holds weights only."""
+
+    def __init__(self, predictor: NoisePredictor, encoder: TinyEncoder):
+        super().__init__()
+        self.predictor = predictor
+        self.encoder = encoder
+
+    def forward(
+        self, prev_hr: torch.Tensor, flow: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        warped = flow_warp(prev_hr.float(), flow).to(prev_hr.dtype)
+        return self.predictor.embed_condition(warped), self.encoder.temporal_features(warped)
+
+
+@dataclass(frozen=True)
+class _Networks:
+    """The four network calls of a frame: eager modules, or their compiled versions."""
+
+    flow: Callable  # (lr, prev_lr) -> flow at HR size
+    guide: Callable  # (prev_hr, flow) -> (ControlNet condition, decoder features)
+    predict: Callable  # (sample, timestep, prompt, condition | None) -> noise prediction
+    decode: Callable  # (latents, features | None) -> image
+
+    def compiled(self, acceleration: Acceleration) -> _Networks:
+        return _Networks(
+            CompiledCall(self.flow, acceleration),
+            CompiledCall(self.guide, acceleration),
+            CompiledCall(self.predict, acceleration),
+            CompiledCall(self.decode, acceleration),
+        )
 
 
 @dataclass
 class _Guidance:
-    """What the previous frames contribute to the continuing streams of a batch."""
+    """What the previous frames contribute to a batch of continuing streams."""
 
-    rows: list[int]  # batch rows that continue a chain
-    condition: torch.Tensor  # warped previous output, (len(rows), 3, 4H, 4W)
-    features: list[torch.Tensor]  # decoder temporal features for those rows
+    condition: torch.Tensor  # ControlNet embedding of the warped previous outputs
+    features: list[torch.Tensor]  # decoder temporal features
+
+
+BatchKey = tuple[int, int, int, bool]  # (batch size, height, width, continuing)
 
 
 class StreamDiffVSR:
@@ -45,14 +88,15 @@ class StreamDiffVSR:
 
     def __init__(
         self,
-        unet: UNet2DConditionModel,
-        controlnet: ControlNetModel,
+        unet: nn.Module,
+        controlnet: nn.Module,
         vae: TemporalAutoencoderTiny,
         sampler: DDIMSampler,
         prompt_embeds: torch.Tensor,
         flow: FlowEstimator,
         model_id: str = "",
         vae_tile: int = 0,
+        acceleration: Acceleration | None = None,
     ):
         self.unet = unet
         self.controlnet = controlnet
@@ -61,16 +105,28 @@ class StreamDiffVSR:
         self.flow = flow
         self.model_id = model_id
         self.vae_tile = vae_tile  # latent tile size for tiled decoding; 0 = whole frames
+        self.acceleration = acceleration or Acceleration()
         self.device = unet.device
         self.dtype = unet.dtype
         self.scale = vae.spatial_scale
         self.prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         self.latent_channels = vae.config.latent_channels
         self._timesteps = [torch.tensor(t, device=self.device) for t in sampler.timesteps]
+        predictor = NoisePredictor(unet, controlnet)
+        self._eager = _Networks(flow, GuideEncoder(predictor, vae.encoder), predictor, vae.decoder)
+        self._compiled = None
+        if self.acceleration.compile != "off":
+            self._compiled = self._eager.compiled(self.acceleration)
+        self._warm: set[BatchKey] = set()  # shapes the compiled networks are ready for
+        self._cold: set[tuple[int, int, int]] = set()  # shapes already logged as running eager
 
     @property
     def steps(self) -> int:
         return len(self.sampler)
+
+    @property
+    def warm_shapes(self) -> frozenset[BatchKey]:
+        return frozenset(self._warm)
 
     def new_session(self, seed: int | None = None) -> SessionState:
         return SessionState.new(seed)
@@ -80,135 +136,113 @@ class StreamDiffVSR:
         self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
     ) -> list[FrameResult]:
         timer = timer or NO_TIMER
-        return step_by_size(requests, lambda group: self._step_group(group, timer))
+        return step_grouped(requests, _batch_kind, lambda group: self._step_batch(group, timer))
 
-    def _step_group(self, requests: list[FrameRequest], timer) -> list[FrameResult]:
+    @torch.inference_mode()
+    def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
+        """Compile (and with CUDA graphs record) every (height, width) x batch size, for first and
+        continuing frames, so that requests of these shapes never wait for a compiler."""
+        if self._compiled is None:
+            return
+        rounds = 3 if self.acceleration.cuda_graphs else 1  # warm-up run, recording, replay
+        for height, width in sizes:
+            for batch in batch_sizes:
+                frame = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
+                for _ in range(rounds):
+                    states = [self.new_session(seed=i) for i in range(batch)]
+                    for _ in range(2):  # a first frame, then a continuing one
+                        requests = [FrameRequest(state, frame) for state in states]
+                        results = self._step_batch(requests, NO_TIMER, self._compiled)
+                        states = [result.state for result in results]
+                self._warm.update({(batch, height, width, False), (batch, height, width, True)})
+                log.info("compiled networks ready for %d x %dx%d", batch, width, height)
+
+    def _networks_for(self, key: BatchKey) -> _Networks:
+        if self._compiled is None or key in self._warm:
+            return self._compiled or self._eager
+        batch, height, width, _ = key
+        if (batch, height, width) not in self._cold:
+            self._cold.add((batch, height, width))
+            log.info(
+                "no compiled networks for %d x %dx%d (not in the warm-up sizes): running eager",
+                batch, width, height,
+            )  # fmt: skip
+        return self._eager
+
+    def _step_batch(
+        self, requests: list[FrameRequest], timer, networks: _Networks | None = None
+    ) -> list[FrameResult]:
         with timer.stage("upload"):
             lr = to_model_input([r.frame for r in requests], self.device, self.dtype)
         height, width = lr.shape[-2:]
-        states = [self._restart_if_resized(r.state, height, width) for r in requests]
-        guidance = self._guidance(states, lr, timer)
-        latents = self._initial_latents(requests, states, height, width)
-        latents = self._denoise(latents, lr, guidance, timer)
-        with timer.stage("vae_decode"):
-            hr = self._decode(latents, guidance)
+        continuing = requests[0].state.continues_with(height, width)
+        states = [r.state if continuing else r.state.restarted() for r in requests]
+        nets = networks or self._networks_for((len(requests), height, width, continuing))
+        with self.acceleration.attention():
+            guidance = self._guidance(states, lr, nets, timer) if continuing else None
+            latents = self._initial_latents(requests, height, width)
+            latents = self._denoise(latents, lr, guidance, nets, timer)
+            with timer.stage("vae_decode"):
+                hr = self._decode(latents, guidance, nets)
         with timer.stage("download"):
             frames = to_uint8_frames(hr)
         return [
-            FrameResult(self._advance(state, lr[i : i + 1], hr[i : i + 1]), frames[i])
+            FrameResult(state.advanced(lr[i : i + 1], hr[i : i + 1]), frames[i])
             for i, state in enumerate(states)
         ]
 
-    @staticmethod
-    def _restart_if_resized(state: SessionState, height: int, width: int) -> SessionState:
-        if state.prev_hr is None or state.continues_with(height, width):
-            return state
-        return SessionState(seed=state.seed, generator=state.generator)
-
-    @staticmethod
-    def _advance(state: SessionState, lr: torch.Tensor, hr: torch.Tensor) -> SessionState:
-        return SessionState(
-            seed=state.seed,
-            generator=state.generator,
-            frame_index=state.frame_index + 1,
-            prev_hr=hr.clone(),  # a copy, so the state does not pin the whole batch
-            prev_lr=lr.clone(),
-        )
-
-    def _guidance(self, states: list[SessionState], lr: torch.Tensor, timer) -> _Guidance | None:
-        rows = [i for i, s in enumerate(states) if s.prev_hr is not None]
-        if not rows:
-            return None
-        prev_lr = torch.cat([states[i].prev_lr for i in rows])
-        prev_hr = torch.cat([states[i].prev_hr for i in rows])
+    def _guidance(
+        self, states: list[SessionState], lr: torch.Tensor, nets: _Networks, timer
+    ) -> _Guidance:
+        prev_lr = torch.cat([state.prev_lr for state in states])
+        prev_hr = torch.cat([state.prev_hr for state in states])
         with timer.stage("flow"):
-            flow = self.flow(lr[rows], prev_lr)
-        with timer.stage("warp"):
-            warped = flow_warp(prev_hr.float(), flow).to(self.dtype)
-        with timer.stage("vae_encode"):
-            features = self.vae.encoder.temporal_features(warped)
-        return _Guidance(rows, warped, features)
+            flow = nets.flow(lr, prev_lr)
+        with timer.stage("guide"):
+            condition, features = nets.guide(prev_hr, flow)
+        return _Guidance(condition, features)
 
     def _initial_latents(
-        self, requests: list[FrameRequest], states: list[SessionState], height: int, width: int
+        self, requests: list[FrameRequest], height: int, width: int
     ) -> torch.Tensor:
         shape = (1, self.latent_channels, height, width)
         noises = []
-        for request, state in zip(requests, states):
+        for request in requests:
             noise = request.noise
             if noise is None:
-                noise = torch.randn(shape, generator=state.generator)
+                noise = torch.randn(shape, generator=request.state.generator)
             elif tuple(noise.shape) != shape:
                 raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
             noises.append(noise)
-        latents = torch.cat(noises).to(self.device, torch.float32, non_blocking=True)
+        noise = torch.cat(noises)
+        if self.device.type == "cuda":
+            noise = noise.pin_memory()  # an asynchronous upload: no host sync
+        latents = noise.to(self.device, torch.float32, non_blocking=True)
         return latents * self.sampler.init_noise_sigma
 
     def _denoise(
-        self, latents: torch.Tensor, lr: torch.Tensor, guidance: _Guidance | None, timer
+        self, latents: torch.Tensor, lr: torch.Tensor, guidance: _Guidance | None, nets, timer
     ) -> torch.Tensor:
-        batch = latents.shape[0]
-        prompt = self.prompt_embeds.expand(batch, -1, -1)
+        prompt = self.prompt_embeds.expand(latents.shape[0], -1, -1)
+        condition = None if guidance is None else guidance.condition
         for index, timestep in enumerate(self._timesteps):
             model_input = torch.cat([latents.to(self.dtype), lr], dim=1)
-            residuals = {}
-            if guidance is not None:
-                with timer.stage("controlnet"):
-                    residuals = self._control_residuals(model_input, timestep, prompt, guidance)
-            with timer.stage("unet"):
-                prediction = self.unet(
-                    model_input,
-                    timestep,
-                    encoder_hidden_states=prompt,
-                    return_dict=False,
-                    **residuals,
-                )[0]
+            with timer.stage("denoise"):
+                prediction = nets.predict(model_input, timestep, prompt, condition)
             with timer.stage("scheduler"):
                 latents = self.sampler.step(index, prediction.float(), latents)
         return latents
 
-    def _control_residuals(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, prompt: torch.Tensor, guidance
-    ) -> dict[str, object]:
-        rows = guidance.rows
-        down, mid = self.controlnet(
-            model_input[rows],
-            timestep,
-            encoder_hidden_states=prompt[rows],
-            controlnet_cond=guidance.condition,
-            conditioning_scale=1.0,
-            return_dict=False,
-        )
-        batch = model_input.shape[0]
-        if len(rows) < batch:
-            # First frames get zero residuals: adding zeros is exactly "no ControlNet".
-            down = [_scatter_rows(d, rows, batch) for d in down]
-            mid = _scatter_rows(mid, rows, batch)
-        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-
-    def _decode(self, latents: torch.Tensor, guidance: _Guidance | None) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, guidance: _Guidance | None, nets) -> torch.Tensor:
         latents = latents.to(self.dtype)
-        if guidance is None:
-            return self._vae_decode(latents, None)
-        if len(guidance.rows) == latents.shape[0]:
-            return self._vae_decode(latents, guidance.features)
-        # A mixed batch: first frames decode without temporal features, the rest with them.
-        first = [i for i in range(latents.shape[0]) if i not in guidance.rows]
-        out_first = self._vae_decode(latents[first], None)
-        out_rest = self._vae_decode(latents[guidance.rows], guidance.features)
-        out = out_first.new_empty((latents.shape[0], *out_first.shape[1:]))
-        out[first] = out_first
-        out[guidance.rows] = out_rest
-        return out
-
-    def _vae_decode(self, latents: torch.Tensor, features) -> torch.Tensor:
+        features = None if guidance is None else guidance.features
         if self.vae_tile and max(latents.shape[-2:]) > self.vae_tile:
             overlap = max(1, self.vae_tile // 4)
             return decode_tiled(self.vae, latents, features, self.vae_tile, overlap)
-        return self.vae.decode(latents, features)
+        return nets.decode(latents / self.vae.config.scaling_factor, features)
 
 
-def _scatter_rows(values: torch.Tensor, rows: list[int], batch: int) -> torch.Tensor:
-    full = values.new_zeros((batch, *values.shape[1:]))
-    full[rows] = values
-    return full
+def _batch_kind(request: FrameRequest) -> tuple[int, int, bool]:
+    """Frames share a batch when they have one size and all start or all continue a chain."""
+    height, width = request.frame.shape[:2]
+    return int(height), int(width), request.state.continues_with(int(height), int(width))

@@ -38,6 +38,21 @@ class SessionState:
         """Whether a frame of this size continues the chain (else the chain restarts at frame 0)."""
         return self.prev_hr is not None and self.input_size == (height, width)
 
+    def restarted(self) -> SessionState:
+        """The state at frame 0 of a new chain (same stream, same noise generator)."""
+        return SessionState(seed=self.seed, generator=self.generator)
+
+    def advanced(self, lr: torch.Tensor, hr: torch.Tensor) -> SessionState:
+        """The state after a frame: its input ``lr`` (1, 3, H, W) and output ``hr``, copied so that
+        the state does not pin the whole batch they were sliced from."""
+        return SessionState(
+            seed=self.seed,
+            generator=self.generator,
+            frame_index=self.frame_index + 1,
+            prev_hr=hr.clone(),
+            prev_lr=lr.clone(),
+        )
+
     def nbytes(self) -> int:
         """Bytes of tensors this state holds (constant over a stream's life)."""
         tensors = [t for t in (self.prev_hr, self.prev_lr) if t is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,13 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
         app.router.add_get("/", index)
         app.router.add_static("/static/", WEB_ROOT)
     app.on_response_prepare.append(_cors_on_errors)
+    h264_codec = encoding.select_h264_encoder(settings.server.h264_encoder)  # ConfigError: no NVENC
 
     async def start(app: web.Application) -> None:
         encoding.install(
             encoding.EncoderSettings(
                 settings.server.x264_preset, settings.server.min_bitrate,
-                settings.server.start_bitrate, settings.server.max_bitrate,
+                settings.server.start_bitrate, settings.server.max_bitrate, h264_codec,
             ),
             lambda codec, seconds: app[METRICS].encode.labels(codec).observe(seconds),
         )  # fmt: skip
@@ -78,7 +80,7 @@ async def _start_engine(app: web.Application, settings: Settings, choice: Engine
     try:
         if choice is None:
             choice = await loop.run_in_executor(None, create_engine, settings.engine)
-        await loop.run_in_executor(None, warm_up, choice)
+        await loop.run_in_executor(None, warm_up, choice, settings)
     except Exception as exc:
         log.exception("the engine could not start")
         status.update(ready=False, reason=f"the engine could not start: {exc}")
@@ -105,14 +107,19 @@ async def _start_engine(app: web.Application, settings: Settings, choice: Engine
     log.info("ready: engine %s on %s (%s)", engine.name, engine.device, choice.reason)
 
 
-def warm_up(choice: EngineChoice) -> None:
-    """Run two frames (the first-frame and the temporal path) so that no user waits for it."""
+def warm_up(choice: EngineChoice, settings: Settings) -> None:
+    """Run two frames (the first-frame and the temporal path), and compile the configured sizes
+    for every batch size, so that no user waits for it."""
     engine = choice.engine
     state = engine.new_session(0)
     frame = np.zeros((64, 64, 3), np.uint8)
     for _ in range(2):
         [result] = engine.step([FrameRequest(state, frame)])
         state = result.state
+    started = time.perf_counter()
+    engine.warm_up(settings.engine.warmup_sizes, range(1, settings.server.max_batch + 1))
+    if settings.engine.compile != "off":
+        log.info("compiled and warmed up in %.0f s", time.perf_counter() - started)
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -28,6 +28,13 @@ ENGINE_FLAGS = {
     "--controlnet": ("controlnet", "ControlNet override: component folder or weights file"),
     "--vae": ("vae", "temporal VAE override: component folder or weights file"),
     "--vae-tile": ("vae_tile", "decode in latent tiles of this size (0 = off; saves memory)"),
+    "--channels-last": ("channels_last", "NHWC memory format for the networks (true/false)"),
+    "--sdpa-backend": ("sdpa_backend", "attention kernel: auto, flash, efficient, cudnn or math"),
+    "--compile": (
+        "compile",
+        "torch.compile mode: off, default, reduce-overhead or max-autotune (+CUDA graphs)",
+    ),
+    "--warmup-sizes": ("warmup_sizes", "LR sizes to compile at start, e.g. 320x180,480x270"),
     "--seed": ("seed", "noise seed of the first session"),
 }
 INT_KEYS = {"steps", "seed", "vae_tile"}
@@ -41,6 +48,7 @@ SERVER_FLAGS = {
     "--whip-token": ("whip_token", str, "Bearer token WHIP publishers must send"),
     "--public-ip": ("public_ip", str, "public IP to advertise in ICE candidates (NAT, Docker)"),
     "--ice-host-addresses": ("ice_host_addresses", str, "comma-separated local ICE addresses"),
+    "--h264-encoder": ("h264_encoder", str, "auto (NVENC if it opens, else x264), x264 or nvenc"),
 }
 
 
@@ -155,18 +163,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = engine.engine_options()
     cases = []
     if engine.kind != "bicubic":
-        cases += [
-            Case("stream-diffvsr", options=options, sessions=s, **common) for s in args.sessions
-        ]
+        cases.append(Case("stream-diffvsr", options=options, sessions=args.sessions, **common))
         if args.baseline:
             cases.append(
                 Case("reference-loop", options={**options, "flow_resolution": "hr"}, **common)
             )
     if engine.kind == "bicubic" or args.bicubic:
         device = "cpu" if engine.device == "auto" else engine.device
-        cases += [
-            Case("bicubic", options={"device": device}, sessions=s, **common) for s in args.sessions
-        ]
+        cases.append(Case("bicubic", options={"device": device}, sessions=args.sessions, **common))
     results = run_all(cases, isolate=not args.in_process)
     print(format_table(results))
     if args.json:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from engine.acceleration import COMPILE_BACKENDS, COMPILE_MODES, SDPA_BACKENDS
 from engine.architecture import MODEL_ID
 from engine.loading import EngineOptions
 
@@ -103,6 +104,32 @@ def _ice_servers(value: Any) -> tuple[dict[str, Any], ...]:
     return tuple(servers)
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ValueError("must be true or false")
+
+
+def _sizes(value: Any) -> tuple[tuple[int, int], ...]:
+    """["320x180", "480x270"] (or one comma-separated string) -> ((180, 320), (270, 480))."""
+    sizes = []
+    for text in _str_list(value):
+        width, sep, height = text.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) and int(height)):
+            raise ValueError(f"sizes are WIDTHxHEIGHT (e.g. 320x180), got {text!r}")
+        sizes.append((int(height), int(width)))
+    return tuple(sizes)
+
+
+def _compile_mode(value: Any) -> str:
+    """A torch.compile mode; YAML reads a bare off/on as false/true."""
+    if isinstance(value, bool):
+        value = "default" if value else "off"
+    return _choice(*COMPILE_MODES)(value)
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
@@ -116,6 +143,7 @@ class EngineSettings(EngineOptions):
     kind: str = "auto"
     model: str = MODEL_ID
     seed: int | None = 0
+    warmup_sizes: tuple[tuple[int, int], ...] = ((180, 320),)  # (height, width) LR, to compile
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments of ``engine.load_engine`` (everything but the model)."""
@@ -143,6 +171,7 @@ class ServerSettings:
     udp_port_min: int = 0
     udp_port_max: int = 0
     video_codec: str = "h264"
+    h264_encoder: str = "auto"
     x264_preset: str = "veryfast"
     min_bitrate: int = 1_000_000
     start_bitrate: int = 4_000_000
@@ -169,6 +198,7 @@ SERVER_SCHEMA = {
     "udp_port_min": _port,
     "udp_port_max": _port,
     "video_codec": _choice("h264", "vp8"),
+    "h264_encoder": _choice("auto", "x264", "nvenc"),
     "x264_preset": _choice(
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"
     ),
@@ -192,6 +222,11 @@ ENGINE_SCHEMA = {
     "controlnet": _optional_str,
     "vae": _optional_str,
     "vae_tile": _non_negative_int,
+    "channels_last": _bool,
+    "sdpa_backend": _choice(*SDPA_BACKENDS),
+    "compile": _compile_mode,
+    "compile_backend": _choice(*COMPILE_BACKENDS),
+    "warmup_sizes": _sizes,
     "seed": _optional_int,
 }
 SECTIONS = {

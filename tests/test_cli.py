@@ -69,7 +69,7 @@ def test_bench_reports_stages_and_agrees_with_reference_loop(
     }  # fmt: skip
     engine_row = rows[("stream-diffvsr", 1)]
     assert engine_row["hr_size"] == "128x128"
-    for stage in ("flow", "controlnet", "unet", "vae_encode", "vae_decode"):
+    for stage in ("flow", "guide", "denoise", "vae_decode"):
         assert engine_row["stage_ms_per_step"][stage] > 0
     assert sum(engine_row["stage_ms_per_step"].values()) <= engine_row["ms_per_step"] * 1.05
     assert rows[("stream-diffvsr", 2)]["ms_per_frame"] == pytest.approx(

@@ -207,8 +207,9 @@ def argument(args: tuple, kwargs: dict, index: int, name: str):
 
 @contextmanager
 def recording(eng):
-    """Record the calls of the ControlNet, UNet, flow estimator and VAE decoder."""
-    calls: dict[str, list] = {"controlnet": [], "controlnet_out": [], "unet": [], "flow": []}
+    """Record the calls of the ControlNet (its condition embedding, once per frame, and its
+    network, once per step), UNet, flow estimator and VAE decoder."""
+    calls: dict[str, list] = {"condition": [], "controlnet": [], "unet": [], "flow": []}
     calls["decoder"], calls["decoder_out"] = [], []
 
     def keep(key):
@@ -218,10 +219,10 @@ def recording(eng):
         return hook
 
     handles = [
-        eng.controlnet.register_forward_pre_hook(keep("controlnet"), with_kwargs=True),
-        eng.controlnet.register_forward_hook(
-            lambda module, args, output: calls["controlnet_out"].append(output)
+        eng.controlnet.controlnet_cond_embedding.register_forward_pre_hook(
+            keep("condition"), with_kwargs=True
         ),
+        eng.controlnet.conv_in.register_forward_pre_hook(keep("controlnet"), with_kwargs=True),
         eng.unet.register_forward_pre_hook(keep("unet"), with_kwargs=True),
         eng.flow.register_forward_hook(
             lambda module, args, output: calls["flow"].append((args, output))
@@ -280,32 +281,39 @@ def test_later_frames_are_guided_by_the_warped_previous_output(tiny_engine, make
     torch.testing.assert_close(flow_args[1], to_unit(frames[1]))
     assert flow.shape == (1, 2, 64, 96)
 
-    # The ControlNet runs at every step; its condition is the previous output, warped by the flow.
+    # The ControlNet's condition is the previous output, warped by the flow; it is embedded once
+    # per frame, and the ControlNet runs at every step.
     expected_condition = flow_warp(previous.prev_hr.float(), flow)
+    [(condition_args, _)] = calls["condition"]
+    torch.testing.assert_close(condition_args[0], expected_condition)
     assert len(calls["controlnet"]) == tiny_engine.steps == 4
     assert len(calls["unet"]) == 4
     timesteps = []
-    for (c_args, c_kwargs), (u_args, u_kwargs), (down, mid) in zip(
-        calls["controlnet"], calls["unet"], calls["controlnet_out"], strict=True
-    ):
-        torch.testing.assert_close(c_kwargs["controlnet_cond"], expected_condition)
-        assert c_kwargs.get("conditioning_scale", 1.0) == 1.0
+    for (c_args, _), (u_args, u_kwargs) in zip(calls["controlnet"], calls["unet"], strict=True):
         # Same 7-channel input, timestep and prompt as the UNet.
         sample = argument(u_args, u_kwargs, 0, "sample")
         assert sample.shape == (1, 7, 16, 24)
-        torch.testing.assert_close(argument(c_args, c_kwargs, 0, "sample"), sample)
+        torch.testing.assert_close(c_args[0], sample)
         torch.testing.assert_close(sample[:, 4:], to_unit(frames[2]))
         timestep = argument(u_args, u_kwargs, 1, "timestep")
-        assert int(argument(c_args, c_kwargs, 1, "timestep")) == int(timestep)
         timesteps.append(int(timestep))
         torch.testing.assert_close(u_kwargs["encoder_hidden_states"], tiny_engine.prompt_embeds)
-        torch.testing.assert_close(c_kwargs["encoder_hidden_states"], tiny_engine.prompt_embeds)
-        # Its 12 down residuals and the mid residual go into the UNet.
+        # Its 12 down residuals and the mid residual go into the UNet: those diffusers'
+        # ControlNetModel gives for this sample, timestep, prompt and condition (scale 1).
         assert has_residuals(u_kwargs)
+        with torch.inference_mode():
+            down, mid = tiny_engine.controlnet(
+                sample,
+                timestep,
+                encoder_hidden_states=tiny_engine.prompt_embeds,
+                controlnet_cond=expected_condition,
+                conditioning_scale=1.0,
+                return_dict=False,
+            )
         residuals = u_kwargs["down_block_additional_residuals"]
         assert len(residuals) == len(down) == 12
-        for got, sent in zip(residuals, down, strict=True):
-            torch.testing.assert_close(got, sent)
+        for got, expected in zip(residuals, down, strict=True):
+            torch.testing.assert_close(got, expected)
         torch.testing.assert_close(u_kwargs["mid_block_additional_residual"], mid)
     assert timesteps == [999, 749, 499, 249]
 
@@ -345,7 +353,7 @@ def test_size_change_restarts_the_chain(tiny_engine, make_frames):
     result, calls = step_recorded(tiny_engine, result.state, small[1])
     assert result.state.frame_index == 2
     assert len(calls["controlnet"]) == 4
-    assert calls["controlnet"][0][1]["controlnet_cond"].shape == (1, 3, 32, 48)
+    assert calls["condition"][0][0][0].shape == (1, 3, 32, 48)
 
 
 # --- memory ------------------------------------------------------------------------------------

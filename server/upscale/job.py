@@ -139,6 +139,9 @@ def _upscale_sequences(engine, options, sequences, root: Path, bar) -> None:
     """Run up to ``options.sessions`` sequences at once, one batched engine step per frame."""
     waiting = list(sequences)
     active: list[_Stream] = []
+    if options.input_size is not None:  # else each sequence's size shows with its first frame
+        width, height = options.input_size
+        engine.warm_up([(height, width)], range(1, options.sessions + 1))
     while waiting or active:
         while waiting and len(active) < options.sessions:
             sequence = waiting.pop(0)
@@ -186,6 +189,7 @@ def _run_video(engine, options: UpscaleOptions, info: VideoInfo, output: Path) -
         )  # fmt: skip
         if staged_frames is not None:
             staged_frames.temp.mkdir()
+        engine.warm_up([(height, width)], [1])  # e.g. compile for this size, before timing
         state = engine.new_session(options.seed)
         with _progress(expected, options) as bar:
             for pts, pixels in video_frames(info, options.frames):
