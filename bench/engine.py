@@ -1,7 +1,8 @@
 """Engine benchmark: ms per frame by stage, cross-session batching, and the reference-loop baseline.
 
-Each case runs in its own process so that its peak memory is its own. Results are a list of dicts
-(printed as a table, optionally written as JSON).
+Each case (one engine with its settings) runs in its own process: the engine loads and warms up
+once (with ``compile``: compiles every batch size, timed as ``warmup_s``), then runs each session
+count in turn. Results are a list of dicts, one per session count (a table, optionally JSON).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 @dataclass
 class Case:
-    """One benchmark run: an engine kind with its settings, on ``sessions`` streams."""
+    """One engine kind with its settings, run on each count of ``sessions`` batched streams."""
 
     kind: str  # "stream-diffvsr" | "bicubic" | "reference-loop"
     model: str
@@ -33,7 +34,7 @@ class Case:
     width: int = 64
     frames: int = 50
     warmup: int = 3
-    sessions: int = 1
+    sessions: tuple[int, ...] = (1,)
     seed: int = 0
 
 
@@ -61,26 +62,33 @@ class PeakRSS:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def run_case(case: Case) -> dict[str, Any]:
+def run_case(case: Case) -> list[dict[str, Any]]:
     """Run one case in this process (see ``run_isolated`` for a fresh process)."""
-    from engine import BicubicEngine, FrameRequest, StageTimer, load_engine
-
-    from .frames import moving_frames
+    from engine import BicubicEngine, load_engine
 
     torch.manual_seed(case.seed)
     if case.kind == "bicubic":
         engine = BicubicEngine(case.options.get("device", "cpu"))
     else:
         engine = load_engine(case.model, **case.options)
-    clips = [
-        moving_frames(case.height, case.width, case.frames, seed=case.seed + s)
-        for s in range(case.sessions)
-    ]
     if case.kind == "reference-loop":
-        return _run_reference(engine, case, clips[0])
+        return [_run_reference(engine, case)]
+    started = time.perf_counter()
+    engine.warm_up([(case.height, case.width)], case.sessions)
+    warmup_s = time.perf_counter() - started
+    return [
+        {**_run_sessions(engine, case, sessions), "warmup_s": warmup_s}
+        for sessions in case.sessions
+    ]
+
+
+def _run_sessions(engine, case: Case, sessions: int) -> dict[str, Any]:
+    """``sessions`` streams advanced together, one batched step per frame."""
+    from engine import FrameRequest, StageTimer
+
+    clips = [_clip(case, s) for s in range(sessions)]
     timer = StageTimer(engine.device)
-    states = [engine.new_session(case.seed + s) for s in range(case.sessions)]
-    cuda = engine.device.type == "cuda"
+    states = [engine.new_session(case.seed + s) for s in range(sessions)]
     last: list[np.ndarray] = []
     tick_times = []
     with PeakRSS() as rss:
@@ -88,19 +96,25 @@ def run_case(case: Case) -> dict[str, Any]:
         for n in range(case.frames):
             if n == case.warmup:
                 timer.reset()
-                if cuda:
+                if engine.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(engine.device)
             start = time.perf_counter()
-            requests = [FrameRequest(states[s], clips[s][n]) for s in range(case.sessions)]
+            requests = [FrameRequest(states[s], clips[s][n]) for s in range(sessions)]
             results = engine.step(requests, timer=timer)
             states = [r.state for r in results]
             if n >= case.warmup:
                 tick_times.append(time.perf_counter() - start)
             last = [r.frame.numpy() for r in results]
-    return _summary(case, engine, tick_times, timer.reset(), rss, rss_before, last[0])
+    return _summary(case, sessions, engine, tick_times, timer.reset(), rss, rss_before, last[0])
 
 
-def _run_reference(engine, case: Case, frames: list[np.ndarray]) -> dict[str, Any]:
+def _clip(case: Case, stream: int) -> list[np.ndarray]:
+    from .frames import moving_frames
+
+    return moving_frames(case.height, case.width, case.frames, seed=case.seed + stream)
+
+
+def _run_reference(engine, case: Case) -> dict[str, Any]:
     from diffusers import DDIMScheduler
 
     from engine import StageTimer
@@ -115,13 +129,16 @@ def _run_reference(engine, case: Case, frames: list[np.ndarray]) -> dict[str, An
     with PeakRSS() as rss:
         rss_before = rss.process.memory_info().rss
         start = time.perf_counter()
-        outputs = upscale_sequence(engine, scheduler, frames, case.seed, timer=timer)
+        outputs = upscale_sequence(engine, scheduler, _clip(case, 0), case.seed, timer=timer)
         total = time.perf_counter() - start
-    ticks = [total / len(frames)] * len(frames)
-    return _summary(case, engine, ticks, timer.reset(), rss, rss_before, outputs[-1], case.frames)
+    ticks = [total / case.frames] * case.frames
+    stages = timer.reset()
+    return _summary(case, 1, engine, ticks, stages, rss, rss_before, outputs[-1], case.frames)
 
 
-def _summary(case, engine, tick_times, stages, rss, rss_before, last_frame, frames_per_stage=None):
+def _summary(
+    case, sessions, engine, tick_times, stages, rss, rss_before, last_frame, frames_per_stage=None
+):
     measured = len(tick_times)
     per_tick = float(np.mean(tick_times)) if tick_times else float("nan")
     result = {
@@ -132,12 +149,13 @@ def _summary(case, engine, tick_times, stages, rss, rss_before, last_frame, fram
         "lr_size": f"{case.width}x{case.height}",
         "hr_size": f"{case.width * 4}x{case.height * 4}",
         "flow_resolution": case.options.get("flow_resolution", "hr"),
-        "sessions": case.sessions,
+        "speed": speed_label(case.options) if case.kind == "stream-diffvsr" else "-",
+        "sessions": sessions,
         "frames": case.frames,
         "ms_per_step": per_tick * 1e3,
-        "ms_per_frame": per_tick * 1e3 / case.sessions,
+        "ms_per_frame": per_tick * 1e3 / sessions,
         "p95_ms_per_step": float(np.percentile(tick_times, 95)) * 1e3 if tick_times else None,
-        "frames_per_s": case.sessions / per_tick,
+        "frames_per_s": sessions / per_tick,
         "stage_ms_per_step": {
             k: v * 1e3 / (frames_per_stage or measured) for k, v in sorted(stages.items())
         },
@@ -151,7 +169,19 @@ def _summary(case, engine, tick_times, stages, rss, rss_before, last_frame, fram
     return result
 
 
-def run_isolated(case: Case) -> dict[str, Any]:
+def speed_label(options: dict[str, Any]) -> str:
+    """The speed settings of a case in a few characters: "eager", "reduce-overhead+cl" ..."""
+    label = "eager" if options.get("compile", "off") == "off" else options["compile"]
+    if options.get("compile_backend", "inductor") != "inductor" and label != "eager":
+        label += f"({options['compile_backend']})"
+    if options.get("channels_last"):
+        label += "+cl"
+    if options.get("sdpa_backend", "auto") != "auto":
+        label += f"+{options['sdpa_backend']}"
+    return label
+
+
+def run_isolated(case: Case) -> list[dict[str, Any]]:
     """Run ``case`` in a fresh process (spawned, so memory numbers are its own)."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -159,17 +189,22 @@ def run_isolated(case: Case) -> dict[str, Any]:
 
 
 def run_all(cases: Sequence[Case], isolate: bool = True) -> list[dict[str, Any]]:
-    results = [run_isolated(c) if isolate else run_case(c) for c in cases]
-    _compare_outputs(results)
+    results = [r for c in cases for r in (run_isolated(c) if isolate else run_case(c))]
+    compare_outputs(results)
     return results
 
 
-def _compare_outputs(results: list[dict[str, Any]]) -> None:
+def compare_outputs(results: list[dict[str, Any]]) -> None:
     """Agreement of the last frame between the engine (1 session) and the reference loop."""
-    single = [r for r in results if r["engine"] == "stream-diffvsr" and r["sessions"] == 1]
+    single = [
+        r
+        for r in results
+        if r["engine"] == "stream-diffvsr" and r["sessions"] == 1 and r["speed"] == "eager"
+    ]
     for ref in (r for r in results if r["engine"] == "reference-loop"):
         for r in single:
-            if r["flow_resolution"] == ref["flow_resolution"] and r["frames"] == ref["frames"]:
+            same = ("flow_resolution", "frames", "lr_size")
+            if all(r[key] == ref[key] for key in same):
                 diff = np.abs(r["last_frame"].astype(int) - ref["last_frame"].astype(int))
                 ref["max_abs_diff_vs_engine"] = int(diff.max())
 
@@ -188,13 +223,14 @@ def machine() -> dict[str, Any]:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     stages = sorted({s for r in results for s in r["stage_ms_per_step"]})
-    head = ["engine", "sess", "lr", "dtype", "flow", "ms/frame", "fps", "mem MB", *stages]
+    head = ["engine", "speed", "sess", "lr", "dtype", "flow", "ms/frame", "fps", "mem MB", *stages]
     rows = [head]
     for r in results:
         mem = r.get("peak_gpu_mb", r["rss_growth_mb"])
         rows.append(
             [
                 r["engine"],
+                r["speed"],
                 str(r["sessions"]),
                 r["lr_size"],
                 r["dtype"],
