@@ -36,6 +36,7 @@ class Case:
     warmup: int = 3
     sessions: tuple[int, ...] = (1,)
     seed: int = 0
+    prefetch_flow: bool = False  # start each next frame's flow during the step (as `upscale`)
 
 
 class PeakRSS:
@@ -85,27 +86,38 @@ def run_case(case: Case) -> list[dict[str, Any]]:
 def _run_sessions(engine, case: Case, sessions: int) -> dict[str, Any]:
     """``sessions`` streams advanced together, one batched step per frame."""
     from engine import FrameRequest, StageTimer
+    from server.upscale.pipelined import Stream, advance
 
-    clips = [_clip(case, s) for s in range(sessions)]
-    timer = StageTimer(engine.device)
-    states = [engine.new_session(case.seed + s) for s in range(sessions)]
+    # Per-stage syncs would serialise the side stream's flow with the step: no stages then.
+    timer = None if case.prefetch_flow else StageTimer(engine.device)
+    streams = [
+        Stream.start(engine, enumerate(_clip(case, s)), case.seed + s) for s in range(sessions)
+    ]
     last: list[np.ndarray] = []
     tick_times = []
     with PeakRSS() as rss:
         rss_before = rss.process.memory_info().rss
         for n in range(case.frames):
             if n == case.warmup:
-                timer.reset()
+                if timer is not None:
+                    timer.reset()
                 if engine.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(engine.device)
             start = time.perf_counter()
-            requests = [FrameRequest(states[s], clips[s][n]) for s in range(sessions)]
-            results = engine.step(requests, timer=timer)
-            states = [r.state for r in results]
+            if case.prefetch_flow:
+                done = advance(engine, streams)
+            else:
+                requests = [FrameRequest(s.state, s.current[1]) for s in streams]
+                results = engine.step(requests, timer=timer)
+                done = []
+                for stream, result in zip(streams, results):
+                    stream.state, stream.current = result.state, next(stream.frames, None)
+                    done.append((stream, n, result.frame))
             if n >= case.warmup:
                 tick_times.append(time.perf_counter() - start)
-            last = [r.frame.numpy() for r in results]
-    return _summary(case, sessions, engine, tick_times, timer.reset(), rss, rss_before, last[0])
+            last = [frame.numpy() for _, _, frame in done]
+    stages = timer.reset() if timer else {}
+    return _summary(case, sessions, engine, tick_times, stages, rss, rss_before, last[0])
 
 
 def _clip(case: Case, stream: int) -> list[np.ndarray]:
@@ -149,7 +161,7 @@ def _summary(
         "lr_size": f"{case.width}x{case.height}",
         "hr_size": f"{case.width * 4}x{case.height * 4}",
         "flow_resolution": case.options.get("flow_resolution", "hr"),
-        "speed": speed_label(case.options) if case.kind == "stream-diffvsr" else "-",
+        "speed": speed_label(case) if case.kind == "stream-diffvsr" else "-",
         "sessions": sessions,
         "frames": case.frames,
         "ms_per_step": per_tick * 1e3,
@@ -169,8 +181,9 @@ def _summary(
     return result
 
 
-def speed_label(options: dict[str, Any]) -> str:
+def speed_label(case: Case) -> str:
     """The speed settings of a case in a few characters: "eager", "reduce-overhead+cl" ..."""
+    options = case.options
     label = "eager" if options.get("compile", "off") == "off" else options["compile"]
     if options.get("compile_backend", "inductor") != "inductor" and label != "eager":
         label += f"({options['compile_backend']})"
@@ -178,6 +191,8 @@ def speed_label(options: dict[str, Any]) -> str:
         label += "+cl"
     if options.get("sdpa_backend", "auto") != "auto":
         label += f"+{options['sdpa_backend']}"
+    if case.prefetch_flow:
+        label += "+prefetch"
     return label
 
 
@@ -207,6 +222,35 @@ def compare_outputs(results: list[dict[str, Any]]) -> None:
             if all(r[key] == ref[key] for key in same):
                 diff = np.abs(r["last_frame"].astype(int) - ref["last_frame"].astype(int))
                 ref["max_abs_diff_vs_engine"] = int(diff.max())
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Compiled vs eager (1 session), batching gain (most sessions vs 1), engine vs reference."""
+
+    def ms(size, speed, sessions, engine="stream-diffvsr"):
+        for r in results:
+            if (r["engine"], r["lr_size"], r["sessions"]) == (engine, size, sessions) and (
+                engine != "stream-diffvsr" or r["speed"] == speed
+            ):
+                return r["ms_per_frame"]
+        return None
+
+    out = {}
+    for size in sorted({r["lr_size"] for r in results}):
+        most = max(r["sessions"] for r in results if r["lr_size"] == size)
+        for speed in sorted({r["speed"] for r in results if r["lr_size"] == size} - {"-"}):
+            one, many = ms(size, speed, 1), ms(size, speed, most)
+            if one and many:
+                out[f"{size} {speed}: frames/s gain, {most} sessions vs 1"] = one / many
+        eager = ms(size, "eager", 1)
+        for speed in {r["speed"] for r in results if r["lr_size"] == size} - {"-", "eager"}:
+            fast = ms(size, speed, 1)
+            if eager and fast:
+                out[f"{size} {speed} vs eager: speed-up, 1 session"] = eager / fast
+        reference = ms(size, None, 1, engine="reference-loop")
+        if reference and eager:
+            out[f"{size} eager vs reference loop: speed-up"] = reference / eager
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def machine() -> dict[str, Any]:
@@ -254,6 +298,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, legend, *notes])
 
 
-def to_json(results: list[dict[str, Any]]) -> str:
+def to_json(results: list[dict[str, Any]], **sections: Any) -> str:
+    """The engine results with their ratios, the machine, and other ``sections`` (serving ...)."""
     clean = [{k: v for k, v in r.items() if k != "last_frame"} for r in results]
-    return json.dumps({"machine": machine(), "results": clean}, indent=2)
+    report = {"machine": machine(), "ratios": ratios(clean), "results": clean, **sections}
+    return json.dumps(report, indent=2)

@@ -1,8 +1,9 @@
 """Serving benchmark: real aiortc clients stream to a real ``streamvsr serve`` over loopback.
 
-For 1, 2, ... concurrent streams it reports the server's receive->send latency (p50/p95 from its
-own histogram), the server process's CPU per stream, frames in/out/dropped, and stops at the first
-stream count where frames are dropped.
+For 1, 2, ... concurrent streams it reports the server's receive->send latency (p50/p95/p99 from
+its own histogram), what serving adds to the engine per frame (mean receive->send time minus queue
+wait and engine step, plus encoding), encode ms per frame, the server process's CPU per stream and
+frames in/out/dropped, and stops at the first stream count where frames are dropped.
 """
 
 from __future__ import annotations
@@ -139,8 +140,20 @@ async def measure(base: str, server: psutil.Process, streams: int, seconds: floa
     def delta(key: str) -> float:
         return end.get(key, 0) - start.get(key, 0)
 
+    def mean(name: str) -> float | None:
+        count = sum(delta(k) for k in end if k.startswith(f"{name}_count"))
+        total = sum(delta(k) for k in end if k.startswith(f"{name}_sum"))
+        return total / count if count else None
+
     dropped = sum(delta(k) for k in end if k.startswith("streamvsr_frames_dropped_total|"))
     name = "streamvsr_frame_latency_seconds"
+    latency, wait, step = (
+        mean(f"streamvsr_{n}_seconds") for n in ("frame_latency", "queue_wait", "engine_step")
+    )
+    encode = mean("streamvsr_encode_seconds")
+    overhead = None
+    if None not in (latency, wait, step):
+        overhead = latency - wait - step + (encode or 0.0)
     return {
         "streams": streams,
         "frames_in": delta("streamvsr_frames_received_total"),
@@ -149,6 +162,10 @@ async def measure(base: str, server: psutil.Process, streams: int, seconds: floa
         "client_frames_per_s": received / seconds,
         "latency_p50_ms": _ms(histogram_quantile(end, name, 0.5, start)),
         "latency_p95_ms": _ms(histogram_quantile(end, name, 0.95, start)),
+        "latency_p99_ms": _ms(histogram_quantile(end, name, 0.99, start)),
+        "engine_step_mean_ms": _ms(step),
+        "encode_mean_ms": _ms(encode),
+        "serving_overhead_mean_ms": _ms(overhead),
         "server_cpu_percent": cpu,
         "server_cpu_percent_per_stream": cpu / streams,
     }
@@ -158,11 +175,13 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1e3, 1)
 
 
-def run(engine_args: list[str], max_streams: int, seconds: float, size, fps) -> list[dict]:
+def run(
+    engine_args: list[str], max_streams: int, seconds: float, size, fps, env=None
+) -> list[dict]:
     """Start ``streamvsr serve`` and measure 1..max_streams streams until frames drop."""
     restrict_host_addresses(["127.0.0.1"])  # the clients, like the server, stay on loopback
     port = free_port()
-    env = {**os.environ, "STREAMVSR_SERVER__ICE_HOST_ADDRESSES": "127.0.0.1"}
+    env = {**os.environ, **(env or {}), "STREAMVSR_SERVER__ICE_HOST_ADDRESSES": "127.0.0.1"}
     command = [sys.executable, "-m", "server", "serve", "--port", str(port), "--max-sessions",
                str(max_streams + 1), *engine_args]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -199,12 +218,15 @@ async def _wait_ready(base: str, process: subprocess.Popen, timeout: float = 120
 
 
 def format_table(results: list[dict]) -> str:
-    head = ["streams", "frames in", "out", "dropped", "p50 ms", "p95 ms", "CPU %", "CPU %/stream"]
+    head = ["streams", "frames in", "out", "dropped", "p50 ms", "p95 ms", "p99 ms", "engine ms",
+            "encode ms", "serving ms", "CPU %", "CPU %/stream"]  # fmt: skip
     rows = [head]
     for r in results:
         rows.append([
             str(r["streams"]), f"{r['frames_in']:.0f}", f"{r['frames_out']:.0f}",
             f"{r['frames_dropped']:.0f}", str(r["latency_p50_ms"]), str(r["latency_p95_ms"]),
+            str(r["latency_p99_ms"]), str(r["engine_step_mean_ms"]), str(r["encode_mean_ms"]),
+            str(r["serving_overhead_mean_ms"]),
             f"{r['server_cpu_percent']:.0f}", f"{r['server_cpu_percent_per_stream']:.0f}",
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

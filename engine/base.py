@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from .prefetch import PrefetchedFlow
 from .state import SessionState
 from .timing import StageTimer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -18,11 +21,14 @@ class FrameRequest:
     """One LR frame of one stream: RGB uint8, shape (H, W, 3), numpy or torch.
 
     ``noise`` optionally fixes the frame's initial latent (1, 4, H, W) for exact reproduction.
+    ``flow`` is this frame's flow started ahead with ``engine.prefetch_flow(previous, frame)``,
+    where ``previous`` is the frame of this stream's last step (the caller guarantees it).
     """
 
     state: SessionState
     frame: np.ndarray | torch.Tensor
     noise: torch.Tensor | None = None
+    flow: PrefetchedFlow | None = None
 
 
 @dataclass
@@ -44,6 +50,14 @@ class Engine(Protocol):
     def step(
         self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
     ) -> list[FrameResult]: ...
+
+    def launch(
+        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+    ) -> PendingStep:
+        """``step`` without waiting for the GPU: queue the work, collect with ``results()``."""
+
+    def prefetch_flow(self, previous: np.ndarray, frame: np.ndarray) -> PrefetchedFlow | None:
+        """Start the flow between two consecutive frames of a stream (None: nothing to start)."""
 
     def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
         """Get ready for batches of these (height, width) LR sizes and sizes (e.g. compile)."""
@@ -80,24 +94,66 @@ def to_model_input(frames: Sequence[np.ndarray | torch.Tensor], device, dtype) -
     return batch.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1)
 
 
-def to_uint8_frames(images: torch.Tensor) -> list[torch.Tensor]:
-    """(B, 3, H, W) images in [-1, 1] -> list of uint8 (H, W, 3) CPU tensors.
+class Download:
+    """(B, 3, H, W) images in [-1, 1] on their way to the host as uint8 (H, W, 3) frames.
 
-    For CUDA the download goes through a pinned buffer, fresh per call (so results never alias the
-    next step's; cheap once the caching host allocator has a block of that size), and this is the
-    step's one host synchronisation.
+    On CUDA the copy goes into a pinned buffer, fresh per call (so results never alias the next
+    step's; cheap once the caching host allocator has a block of that size), without waiting:
+    ``frames()`` is the step's one host synchronisation, so the caller can queue more GPU work
+    (e.g. the next frame's flow) before it.
     """
-    pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round()
-    if pixels.device.type != "cuda":
-        return list(pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    # channels_last makes the (B, H, W, 3) view contiguous: one plain memcpy to the host.
-    pixels = pixels.to(torch.uint8, memory_format=torch.channels_last).permute(0, 2, 3, 1)
-    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
-    host.copy_(pixels, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record(torch.cuda.current_stream(pixels.device))
-    done.synchronize()
-    return list(host)
+
+    def __init__(self, images: torch.Tensor):
+        pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round()
+        self._done = None
+        if pixels.device.type != "cuda":
+            self._host = pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            return
+        # channels_last makes the (B, H, W, 3) view contiguous: one plain memcpy to the host.
+        pixels = pixels.to(torch.uint8, memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        self._host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+        self._host.copy_(pixels, non_blocking=True)
+        self._done = torch.cuda.Event()
+        self._done.record(torch.cuda.current_stream(pixels.device))
+
+    def ready(self) -> bool:
+        return self._done is None or self._done.query()
+
+    def frames(self) -> list[torch.Tensor]:
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+        return list(self._host)
+
+
+@dataclass
+class LaunchedFrame:
+    """One request of a launched step: the stream's new state and where its frame arrives."""
+
+    state: SessionState
+    download: Download
+    row: int
+
+
+class PendingStep:
+    """A step whose GPU work is queued; ``results()`` waits for it (in the requests' order)."""
+
+    def __init__(self, frames: Sequence[LaunchedFrame | FrameResult]):
+        self._frames = list(frames)
+
+    def ready(self) -> bool:
+        return all(f.download.ready() for f in self._frames if isinstance(f, LaunchedFrame))
+
+    def results(self) -> list[FrameResult]:
+        return [
+            FrameResult(f.state, f.download.frames()[f.row]) if isinstance(f, LaunchedFrame) else f
+            for f in self._frames
+        ]
+
+
+def to_uint8_frames(images: torch.Tensor) -> list[torch.Tensor]:
+    """(B, 3, H, W) images in [-1, 1] -> list of uint8 (H, W, 3) CPU tensors."""
+    return Download(images).frames()
 
 
 def step_by_size(
@@ -112,14 +168,14 @@ def step_by_size(
 def step_grouped(
     requests: Sequence[FrameRequest],
     key: Callable[[FrameRequest], Hashable],
-    step_group: Callable[[list[FrameRequest]], list[FrameResult]],
-) -> list[FrameResult]:
+    step_group: Callable[[list[FrameRequest]], list[T]],
+) -> list[T]:
     """Run ``step_group`` once per group of requests with equal ``key``; results come back in the
     order of ``requests``."""
     groups: dict[Hashable, list[int]] = {}
     for i, request in enumerate(requests):
         groups.setdefault(key(request), []).append(i)
-    results: list[FrameResult | None] = [None] * len(requests)
+    results: list[T | None] = [None] * len(requests)
     for indices in groups.values():
         for i, result in zip(indices, step_group([requests[i] for i in indices]), strict=True):
             results[i] = result

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .base import (
     FrameRequest,
     FrameResult,
+    PendingStep,
     as_frame_tensor,
     step_by_size,
     to_model_input,
@@ -47,6 +48,14 @@ class BicubicEngine:
 
     def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
         """Nothing to prepare: no compiled graphs."""
+
+    def prefetch_flow(self, previous, frame) -> None:
+        """No flow to start: bicubic has no temporal path."""
+
+    def launch(
+        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+    ) -> PendingStep:
+        return PendingStep(self.step(requests, timer))
 
     @torch.inference_mode()
     def step(

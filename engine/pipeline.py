@@ -22,13 +22,23 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .acceleration import Acceleration, CompiledCall
-from .base import FrameRequest, FrameResult, step_grouped, to_model_input, to_uint8_frames
+from .base import (
+    Download,
+    FrameRequest,
+    FrameResult,
+    LaunchedFrame,
+    PendingStep,
+    step_grouped,
+    to_model_input,
+)
 from .flow import FlowEstimator, flow_warp
 from .networks import NoisePredictor
+from .prefetch import PrefetchedFlow, SideStream
 from .sampler import DDIMSampler
 from .state import SessionState
 from .tiling import decode_tiled
@@ -117,6 +127,7 @@ class StreamDiffVSR:
         self._compiled = None
         if self.acceleration.compile != "off":
             self._compiled = self._eager.compiled(self.acceleration)
+        self._side_stream = SideStream(self.device)
         self._warm: set[BatchKey] = set()  # shapes the compiled networks are ready for
         self._cold: set[tuple[int, int, int]] = set()  # shapes already logged as running eager
 
@@ -131,12 +142,30 @@ class StreamDiffVSR:
     def new_session(self, seed: int | None = None) -> SessionState:
         return SessionState.new(seed)
 
-    @torch.inference_mode()
     def step(
         self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
     ) -> list[FrameResult]:
+        return self.launch(requests, timer).results()
+
+    @torch.inference_mode()
+    def launch(
+        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+    ) -> PendingStep:
         timer = timer or NO_TIMER
-        return step_grouped(requests, _batch_kind, lambda group: self._step_batch(group, timer))
+        launched = step_grouped(requests, _batch_kind, lambda g: self._launch_batch(g, timer))
+        return PendingStep(launched)
+
+    @torch.inference_mode()
+    def prefetch_flow(self, previous: np.ndarray, frame: np.ndarray) -> PrefetchedFlow | None:
+        """Start the flow from ``previous`` to ``frame`` (consecutive LR frames of one stream) on a
+        side stream, so that it overlaps the step running now; pass it with ``frame`` as
+        ``FrameRequest.flow``. It runs the eager flow network (CUDA graphs stay on one stream)."""
+        if tuple(previous.shape) != tuple(frame.shape):
+            return None  # a size change restarts the chain: no flow needed
+        with self._side_stream.active():
+            lr = to_model_input([frame, previous], self.device, self.dtype)
+            flow = self._eager.flow(lr[:1], lr[1:])
+            return PrefetchedFlow(flow, self._side_stream.mark_done())
 
     @torch.inference_mode()
     def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
@@ -152,8 +181,8 @@ class StreamDiffVSR:
                     states = [self.new_session(seed=i) for i in range(batch)]
                     for _ in range(2):  # a first frame, then a continuing one
                         requests = [FrameRequest(state, frame) for state in states]
-                        results = self._step_batch(requests, NO_TIMER, self._compiled)
-                        states = [result.state for result in results]
+                        launched = self._launch_batch(requests, NO_TIMER, self._compiled)
+                        states = [result.state for result in PendingStep(launched).results()]
                 self._warm.update({(batch, height, width, False), (batch, height, width, True)})
                 log.info("compiled networks ready for %d x %dx%d", batch, width, height)
 
@@ -169,9 +198,9 @@ class StreamDiffVSR:
             )  # fmt: skip
         return self._eager
 
-    def _step_batch(
+    def _launch_batch(
         self, requests: list[FrameRequest], timer, networks: _Networks | None = None
-    ) -> list[FrameResult]:
+    ) -> list[LaunchedFrame]:
         with timer.stage("upload"):
             lr = to_model_input([r.frame for r in requests], self.device, self.dtype)
         height, width = lr.shape[-2:]
@@ -179,25 +208,32 @@ class StreamDiffVSR:
         states = [r.state if continuing else r.state.restarted() for r in requests]
         nets = networks or self._networks_for((len(requests), height, width, continuing))
         with self.acceleration.attention():
-            guidance = self._guidance(states, lr, nets, timer) if continuing else None
+            guidance = self._guidance(requests, states, lr, nets, timer) if continuing else None
             latents = self._initial_latents(requests, height, width)
             latents = self._denoise(latents, lr, guidance, nets, timer)
             with timer.stage("vae_decode"):
                 hr = self._decode(latents, guidance, nets)
         with timer.stage("download"):
-            frames = to_uint8_frames(hr)
+            download = Download(hr)
         return [
-            FrameResult(state.advanced(lr[i : i + 1], hr[i : i + 1]), frames[i])
+            LaunchedFrame(state.advanced(lr[i : i + 1], hr[i : i + 1]), download, i)
             for i, state in enumerate(states)
         ]
 
     def _guidance(
-        self, states: list[SessionState], lr: torch.Tensor, nets: _Networks, timer
+        self,
+        requests: list[FrameRequest],
+        states: list[SessionState],
+        lr: torch.Tensor,
+        nets: _Networks,
+        timer,
     ) -> _Guidance:
-        prev_lr = torch.cat([state.prev_lr for state in states])
         prev_hr = torch.cat([state.prev_hr for state in states])
         with timer.stage("flow"):
-            flow = nets.flow(lr, prev_lr)
+            if all(r.flow is not None for r in requests):  # started during the previous step
+                flow = torch.cat([r.flow.take() for r in requests])
+            else:
+                flow = nets.flow(lr, torch.cat([state.prev_lr for state in states]))
         with timer.stage("guide"):
             condition, features = nets.guide(prev_hr, flow)
         return _Guidance(condition, features)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, EngineSettings, Settings, load_settings
 
 log = logging.getLogger("streamvsr")
 
@@ -173,10 +174,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cases.append(Case("bicubic", options={"device": device}, sessions=args.sessions, **common))
     results = run_all(cases, isolate=not args.in_process)
     print(format_table(results))
+    sections = {}
+    if args.serving:
+        sections["serving"] = _bench_serving_with(engine, args)
+    if args.encode:
+        from bench import encoding
+
+        sections["encode"] = encoding.run(frames=max(args.frames, 10))
+        print(encoding.format_table(sections["encode"]))
     if args.json:
-        Path(args.json).write_text(to_json(results) + "\n")
+        Path(args.json).write_text(to_json(results, **sections) + "\n")
         print(f"results written to {args.json}")
     return 0
+
+
+def _bench_serving_with(engine: EngineSettings, args: argparse.Namespace) -> list[dict]:
+    """The serving benchmark (c) with the same engine settings, handed over as environment."""
+    import yaml
+
+    from bench import serving
+
+    env = {
+        f"STREAMVSR_ENGINE__{f.name.upper()}": yaml.safe_dump(getattr(engine, f.name)).strip()
+        for f in dataclasses.fields(engine)
+        if f.name != "warmup_sizes"
+    }
+    env["STREAMVSR_ENGINE__WARMUP_SIZES"] = f"[{args.size[1]}x{args.size[0]}]"
+    height, width = args.size
+    results = serving.run([], max(args.sessions), args.seconds, (width, height), 30, env=env)
+    print(serving.format_table(results))
+    return results
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -302,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-process",
         action="store_true",
         help="run cases in this process (faster start, memory numbers shared)",
+    )
+    p.add_argument(
+        "--serving",
+        action="store_true",
+        help="also stream to a real server with this engine over loopback (receive->send latency "
+        "p50/p95/p99, serving time per frame), 1 to the most --sessions clients",
+    )
+    p.add_argument("--seconds", type=float, default=5.0, help="--serving: seconds per client count")
+    p.add_argument(
+        "--encode",
+        action="store_true",
+        help="also time the server's encoders at 720p, 1080p and 1440p output",
     )
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     p.set_defaults(func=cmd_bench)

@@ -168,3 +168,26 @@ def test_bench_encode_measures_the_servers_encoders() -> None:
         assert result["size"] == "720p" and result["codec"] == codec
         assert result["ms_per_frame"] > 0 and result["p95_ms"] >= 0
         assert result["kbit_per_frame"] > 1  # real packets came out
+
+
+def test_bench_runs_engine_serving_and_encoders_in_one_report(tmp_path: Path) -> None:
+    """(a)-(d) in one run: the engine by stage and batched, the serving path through a real server
+    and aiortc clients on loopback (latency p50/p95/p99, what serving adds), the encoders at
+    720p/1080p/1440p, with ratios; bicubic keeps it fast."""
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "bench", "--engine", "bicubic", "--device", "cpu", "--size", "320x180", "--frames", "3",
+        "--warmup", "1", "--sessions", "1", "--serving", "--seconds", "2", "--encode",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert [r["engine"] for r in report["results"]] == ["bicubic"]
+    [serving] = report["serving"]
+    assert serving["streams"] == 1 and serving["frames_out"] > 0
+    assert 0 < serving["latency_p50_ms"] <= serving["latency_p95_ms"] <= serving["latency_p99_ms"]
+    assert serving["encode_mean_ms"] > 0 and serving["serving_overhead_mean_ms"] > 0
+    sizes = {(r["codec"], r["size"]) for r in report["encode"]}
+    assert {("h264", s) for s in ("720p", "1080p", "1440p")} <= sizes
+    assert all(r["ms_per_frame"] > 0 for r in report["encode"])
+    assert "p99 ms" in result.stdout and "serving ms" in result.stdout

@@ -409,3 +409,24 @@ def test_flow_at_lr_runs_and_differs_from_hr(tiny_engine, load_tiny, make_frames
     assert torch.equal(lr_out[0], hr_out[0])
     assert (lr_states[1].prev_hr - hr_states[1].prev_hr).abs().max() > 1e-4
     assert (lr_states[2].prev_hr - hr_states[2].prev_hr).abs().max() > 1e-4
+
+
+# --- work started ahead ------------------------------------------------------------------------
+
+
+def test_flow_started_ahead_gives_the_same_frames(tiny_engine, make_frames, stream):
+    """launch + prefetch_flow (the next frame's flow started while a step runs, as the offline
+    upscaler does) produces exactly the frames of plain steps."""
+    frames = make_frames(4, 16, 24, seed=30)
+    expected, _ = stream(tiny_engine, frames, seed=7)
+    state, flow, outputs = tiny_engine.new_session(seed=7), None, []
+    for n, frame in enumerate(frames):
+        pending = tiny_engine.launch([FrameRequest(state, frame, flow=flow)])
+        nxt = frames[n + 1] if n + 1 < len(frames) else None
+        flow = None if nxt is None else tiny_engine.prefetch_flow(frame, nxt)
+        [result] = pending.results()
+        state = result.state
+        outputs.append(result.frame)
+    assert [max_pixel_difference(a, b) for a, b in zip(outputs, expected)] == [0, 0, 0, 0]
+    # Nothing to start across a size change (the chain restarts).
+    assert tiny_engine.prefetch_flow(frames[0], make_frames(1, 8, 12)[0]) is None

@@ -218,8 +218,8 @@ class Step:
 
 
 class RecordingEngine:
-    """Wraps an engine: records every ``step`` (which session, which frame index) and optionally
-    raises ``KeyboardInterrupt`` once ``interrupt_after`` frames have been upscaled."""
+    """Wraps an engine: records every step (``launch`` or ``step``: which session, which frame
+    index) and optionally raises ``KeyboardInterrupt`` once ``interrupt_after`` frames are done."""
 
     def __init__(self, inner, interrupt_after: int | None = None):
         self.inner = inner
@@ -239,6 +239,9 @@ class RecordingEngine:
         return len(self.generators) - 1
 
     def step(self, requests, timer=None):
+        return self.launch(requests, timer).results()
+
+    def launch(self, requests, timer=None):
         if self.interrupt_after is not None and self.frames_done >= self.interrupt_after:
             raise KeyboardInterrupt
         self.steps.append(
@@ -248,9 +251,9 @@ class RecordingEngine:
                 [getattr(r.state, "prev_hr", None) is None for r in requests],
             )
         )
-        results = self.inner.step(requests, timer)
+        pending = self.inner.launch(requests, timer)
         self.frames_done += len(requests)
-        return results
+        return pending
 
     def per_session(self) -> dict[int, list[int]]:
         """Frame indices each session was asked for, in order."""

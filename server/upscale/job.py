@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +12,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from engine import Engine, FrameRequest
+from engine import Engine
 
 from .errors import UpscaleError
+from .pipelined import Stream, advance
 from .sinks import Staged, VideoWriter, write_png
 from .sources import (
     FrameRange,
@@ -110,16 +111,6 @@ def _check_video_output(output: Path, options: UpscaleOptions) -> None:
 # --- image sequences -------------------------------------------------------------------------
 
 
-@dataclass
-class _Stream:
-    """A sequence being upscaled as one engine session."""
-
-    sequence: ImageSequence
-    frames: Iterator[tuple[str, np.ndarray]]
-    state: Any
-    done: int = 0
-
-
 def _run_images(engine, options: UpscaleOptions, sequences: list[ImageSequence], output: Path):
     staged = Staged(output, options.overwrite)
     total = sum(s.count(options.frames) for s in sequences)
@@ -138,33 +129,24 @@ def _run_images(engine, options: UpscaleOptions, sequences: list[ImageSequence],
 def _upscale_sequences(engine, options, sequences, root: Path, bar) -> None:
     """Run up to ``options.sessions`` sequences at once, one batched engine step per frame."""
     waiting = list(sequences)
-    active: list[_Stream] = []
+    active: list[Stream] = []
     if options.input_size is not None:  # else each sequence's size shows with its first frame
         width, height = options.input_size
         engine.warm_up([(height, width)], range(1, options.sessions + 1))
     while waiting or active:
         while waiting and len(active) < options.sessions:
             sequence = waiting.pop(0)
-            state = engine.new_session(options.seed)  # each sequence: same seed, own chain
-            active.append(_Stream(sequence, sequence.frames(options.frames), state))
-        batch = []
-        for stream in list(active):
-            item = next(stream.frames, None)
-            if item is None:
-                active.remove(stream)
-            else:
-                batch.append((stream, item))
-        if not batch:
+            frames = (
+                (name, _resize(pixels, options.input_size, options.filter))
+                for name, pixels in sequence.frames(options.frames)
+            )  # each sequence: same seed, own chain
+            active.append(Stream.start(engine, frames, options.seed, payload=sequence))
+        active = [s for s in active if not s.finished]
+        if not active:
             continue
-        requests = [
-            FrameRequest(s.state, _resize(pixels, options.input_size, options.filter))
-            for s, (_, pixels) in batch
-        ]
-        for (stream, (name, _)), result in zip(batch, engine.step(requests), strict=True):
-            stream.state = result.state
-            pixels = _resize(result.frame.numpy(), options.output_size, options.filter)
-            write_png(root / stream.sequence.name, name, pixels)
-            stream.done += 1
+        for stream, name, frame in advance(engine, active):
+            pixels = _resize(frame.numpy(), options.output_size, options.filter)
+            write_png(root / stream.payload.name, name, pixels)
             bar.update(1)
 
 
@@ -190,13 +172,15 @@ def _run_video(engine, options: UpscaleOptions, info: VideoInfo, output: Path) -
         if staged_frames is not None:
             staged_frames.temp.mkdir()
         engine.warm_up([(height, width)], [1])  # e.g. compile for this size, before timing
-        state = engine.new_session(options.seed)
+        frames = (
+            (pts, _resize(pixels, options.input_size, options.filter))
+            for pts, pixels in video_frames(info, options.frames)
+        )
+        stream = Stream.start(engine, frames, options.seed)
         with _progress(expected, options) as bar:
-            for pts, pixels in video_frames(info, options.frames):
-                request = FrameRequest(state, _resize(pixels, options.input_size, options.filter))
-                [result] = engine.step([request])
-                state = result.state
-                hr = _resize(result.frame.numpy(), options.output_size, options.filter)
+            while not stream.finished:
+                [(_, pts, frame)] = advance(engine, [stream])
+                hr = _resize(frame.numpy(), options.output_size, options.filter)
                 writer.write(hr, pts)
                 if staged_frames is not None:
                     write_png(staged_frames.temp, f"frame_{count:06d}", hr)
