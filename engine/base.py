@@ -8,6 +8,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .prefetch import PrefetchedFlow
 from .state import SessionState
@@ -33,7 +34,8 @@ class FrameRequest:
 
 @dataclass
 class FrameResult:
-    """The stream's updated state and its HR frame: RGB uint8 (4H, 4W, 3) on the CPU."""
+    """The stream's updated state and its HR frame on the CPU: RGB uint8 (4H, 4W, 3), or YUV 4:2:0
+    planes (6H, 4W) when the step was asked for ``pixel_format="yuv420p"`` and could do it."""
 
     state: SessionState
     frame: torch.Tensor
@@ -48,13 +50,21 @@ class Engine(Protocol):
     def new_session(self, seed: int | None = None) -> SessionState: ...
 
     def step(
-        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+        self,
+        requests: Sequence[FrameRequest],
+        timer: StageTimer | None = None,
+        pixel_format: str = "rgb24",
     ) -> list[FrameResult]: ...
 
     def launch(
-        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+        self,
+        requests: Sequence[FrameRequest],
+        timer: StageTimer | None = None,
+        pixel_format: str = "rgb24",
     ) -> PendingStep:
-        """``step`` without waiting for the GPU: queue the work, collect with ``results()``."""
+        """``step`` without waiting for the GPU: queue the work, collect with ``results()``.
+        ``pixel_format="yuv420p"`` asks for frames as YUV 4:2:0 planes where that is cheap (on a
+        GPU); a result is (H, W, 3) RGB or (3H/2, W) YUV."""
 
     def prefetch_flow(self, previous: np.ndarray, frame: np.ndarray) -> PrefetchedFlow | None:
         """Start the flow between two consecutive frames of a stream (None: nothing to start)."""
@@ -94,8 +104,31 @@ def to_model_input(frames: Sequence[np.ndarray | torch.Tensor], device, dtype) -
     return batch.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1)
 
 
+PIXEL_FORMATS = ("rgb24", "yuv420p")
+# RGB -> Y'CbCr, BT.601 limited range: what swscale (and so PyAV's reformat) does by default.
+_BT601 = (
+    (0.256788, 0.504129, 0.097906, 16.0),
+    (-0.148223, -0.290993, 0.439216, 128.0),
+    (0.439216, -0.367788, -0.071427, 128.0),
+)
+
+
+def to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 255] (H, W even) -> (B, 3H/2, W) planar YUV 4:2:0, the layout of
+    ``av.VideoFrame.from_ndarray(..., format="yuv420p")``: Y rows, then U, then V (each chroma
+    plane, averaged over 2x2 pixels, packed into rows of width W)."""
+    batch, _, height, width = rgb.shape
+    y, u, v = (torch.einsum("bchw,c->bhw", rgb, rgb.new_tensor(row[:3])) + row[3] for row in _BT601)
+    u, v = (
+        F.avg_pool2d(plane.unsqueeze(1), 2).reshape(batch, height // 4, width) for plane in (u, v)
+    )
+    return torch.cat([y, u, v], dim=1)
+
+
 class Download:
-    """(B, 3, H, W) images in [-1, 1] on their way to the host as uint8 (H, W, 3) frames.
+    """(B, 3, H, W) images in [-1, 1] on their way to the host as uint8 frames: (H, W, 3) RGB, or
+    (3H/2, W) YUV 4:2:0 planes for ``pixel_format="yuv420p"`` (what video encoders take: no
+    conversion on the CPU, half the bytes to copy).
 
     On CUDA the copy goes into a pinned buffer, fresh per call (so results never alias the next
     step's; cheap once the caching host allocator has a block of that size), without waiting:
@@ -103,14 +136,20 @@ class Download:
     (e.g. the next frame's flow) before it.
     """
 
-    def __init__(self, images: torch.Tensor):
-        pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round()
+    def __init__(self, images: torch.Tensor, pixel_format: str = "rgb24"):
+        if pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {PIXEL_FORMATS}, got {pixel_format!r}")
+        rgb = (images.float() / 2 + 0.5).clamp(0, 1) * 255
         self._done = None
+        if pixel_format == "yuv420p" and not (images.shape[-1] % 2 or images.shape[-2] % 2):
+            pixels = to_yuv420p(rgb).round().clamp(0, 255).to(torch.uint8)
+        else:
+            # channels_last makes the (B, H, W, 3) view contiguous: one plain copy to the host.
+            pixels = rgb.round().to(torch.uint8, memory_format=torch.channels_last)
+            pixels = pixels.permute(0, 2, 3, 1)
         if pixels.device.type != "cuda":
-            self._host = pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            self._host = pixels.cpu()
             return
-        # channels_last makes the (B, H, W, 3) view contiguous: one plain memcpy to the host.
-        pixels = pixels.to(torch.uint8, memory_format=torch.channels_last).permute(0, 2, 3, 1)
         self._host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
         self._host.copy_(pixels, non_blocking=True)
         self._done = torch.cuda.Event()

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from .base import (
+    Download,
     FrameRequest,
     FrameResult,
     PendingStep,
     as_frame_tensor,
     step_by_size,
     to_model_input,
-    to_uint8_frames,
 )
 from .device import resolve_device
 from .flow import upscale_bicubic
@@ -35,10 +35,10 @@ class BicubicEngine:
         self.dtype = torch.float32
         self.scale = scale
 
-    def _upscale(self, frames: list) -> list[torch.Tensor]:
+    def _upscale(self, frames: list, pixel_format: str) -> list[torch.Tensor]:
         if self.device.type != "cpu":
             lr = to_model_input(frames, self.device, self.dtype)
-            return to_uint8_frames(upscale_bicubic(lr, self.scale))
+            return Download(upscale_bicubic(lr, self.scale), pixel_format).frames()
         batch = torch.stack([as_frame_tensor(f) for f in frames]).permute(0, 3, 1, 2)
         up = F.interpolate(batch, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return list(up.permute(0, 2, 3, 1))  # channels-last memory: (H, W, 3) views, no copy
@@ -53,19 +53,26 @@ class BicubicEngine:
         """No flow to start: bicubic has no temporal path."""
 
     def launch(
-        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+        self,
+        requests: Sequence[FrameRequest],
+        timer: StageTimer | None = None,
+        pixel_format: str = "rgb24",
     ) -> PendingStep:
-        return PendingStep(self.step(requests, timer))
+        return PendingStep(self.step(requests, timer, pixel_format))
 
     @torch.inference_mode()
     def step(
-        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+        self,
+        requests: Sequence[FrameRequest],
+        timer: StageTimer | None = None,
+        pixel_format: str = "rgb24",
     ) -> list[FrameResult]:
+        """On the CPU frames are always RGB (converting there is the encoder's job)."""
         timer = timer or NO_TIMER
 
         def step_group(group: list[FrameRequest]) -> list[FrameResult]:
             with timer.stage("upscale"):
-                frames = self._upscale([r.frame for r in group])
+                frames = self._upscale([r.frame for r in group], pixel_format)
             return [
                 FrameResult(replace(r.state, frame_index=r.state.frame_index + 1), frame)
                 for r, frame in zip(group, frames)

@@ -143,16 +143,24 @@ class StreamDiffVSR:
         return SessionState.new(seed)
 
     def step(
-        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+        self,
+        requests: Sequence[FrameRequest],
+        timer: StageTimer | None = None,
+        pixel_format: str = "rgb24",
     ) -> list[FrameResult]:
-        return self.launch(requests, timer).results()
+        return self.launch(requests, timer, pixel_format).results()
 
     @torch.inference_mode()
     def launch(
-        self, requests: Sequence[FrameRequest], timer: StageTimer | None = None
+        self,
+        requests: Sequence[FrameRequest],
+        timer: StageTimer | None = None,
+        pixel_format: str = "rgb24",
     ) -> PendingStep:
         timer = timer or NO_TIMER
-        launched = step_grouped(requests, _batch_kind, lambda g: self._launch_batch(g, timer))
+        launched = step_grouped(
+            requests, _batch_kind, lambda g: self._launch_batch(g, timer, pixel_format=pixel_format)
+        )
         return PendingStep(launched)
 
     @torch.inference_mode()
@@ -199,7 +207,11 @@ class StreamDiffVSR:
         return self._eager
 
     def _launch_batch(
-        self, requests: list[FrameRequest], timer, networks: _Networks | None = None
+        self,
+        requests: list[FrameRequest],
+        timer,
+        networks: _Networks | None = None,
+        pixel_format: str = "rgb24",
     ) -> list[LaunchedFrame]:
         with timer.stage("upload"):
             lr = to_model_input([r.frame for r in requests], self.device, self.dtype)
@@ -214,7 +226,7 @@ class StreamDiffVSR:
             with timer.stage("vae_decode"):
                 hr = self._decode(latents, guidance, nets)
         with timer.stage("download"):
-            download = Download(hr)
+            download = Download(hr, pixel_format)
         return [
             LaunchedFrame(state.advanced(lr[i : i + 1], hr[i : i + 1]), download, i)
             for i, state in enumerate(states)

@@ -75,9 +75,10 @@ def deliver_to(outputs: list[UpscaledTrack], metrics: Metrics) -> Callable[[Proc
     def deliver(result: Processed) -> None:
         metrics.queue_wait.observe(result.queue_wait)
         pixels = result.frame.numpy()
+        pixel_format = "yuv420p" if pixels.ndim == 2 else "rgb24"  # planes from a GPU engine
         for track in outputs:
             # A frame each: encoders run in threads and set fields on the frame they encode.
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(pixels, format=pixel_format)
             frame.pts, frame.time_base = result.context  # keep the input frame's timestamp
             track.put(frame, result.received_at)
 

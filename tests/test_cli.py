@@ -190,4 +190,5 @@ def test_bench_runs_engine_serving_and_encoders_in_one_report(tmp_path: Path) ->
     sizes = {(r["codec"], r["size"]) for r in report["encode"]}
     assert {("h264", s) for s in ("720p", "1080p", "1440p")} <= sizes
     assert all(r["ms_per_frame"] > 0 for r in report["encode"])
+    assert {r["input"] for r in report["encode"]} == {"rgb24", "yuv420p"}
     assert "p99 ms" in result.stdout and "serving ms" in result.stdout

@@ -5,13 +5,12 @@ These run without a GPU: the real NVENC probe fails here, so ``auto`` must fall 
 
 from __future__ import annotations
 
-import fractions
 import logging
 
 import av
-import numpy as np
 import pytest
 
+from bench.encoding import textured_frames
 from server import encoding
 from server.config import ConfigError, Settings, load_settings
 from server.encoding import NVENC, X264, EncoderSettings, TunedH264Encoder
@@ -97,16 +96,8 @@ def test_this_ffmpeg_accepts_the_nvenc_options(no_nvenc) -> None:
     assert not isinstance(error.value, av.error.ArgumentError), error.value
 
 
-def _frames(count: int, width: int = 1280, height: int = 720) -> list[av.VideoFrame]:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-    texture = np.kron(base, np.ones((16, 16, 1), dtype=np.uint8))
-    frames = []
-    for n in range(count):
-        frame = av.VideoFrame.from_ndarray(np.roll(texture, 8 * n, axis=1), format="rgb24")
-        frame.pts, frame.time_base = n * 3000, fractions.Fraction(1, 90_000)
-        frames.append(frame)
-    return frames
+def _frames(count: int) -> list[av.VideoFrame]:
+    return textured_frames(1280, 720, count)
 
 
 def test_x264_encoder_makes_decodable_baseline_h264_at_720p() -> None:

@@ -30,9 +30,9 @@ class SlowBicubic(BicubicEngine):
         super().__init__("cpu")
         self.delay = delay
 
-    def step(self, requests, timer=None):
+    def step(self, requests, timer=None, pixel_format="rgb24"):
         time.sleep(self.delay)
-        return super().step(requests, timer)
+        return super().step(requests, timer, pixel_format)
 
 
 @pytest.fixture(autouse=True)

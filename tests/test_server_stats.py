@@ -33,11 +33,11 @@ class SlowStart(BicubicEngine):
         super().__init__("cpu")
         self.delay, self.steps = delay, 0
 
-    def step(self, requests, timer=None):
+    def step(self, requests, timer=None, pixel_format="rgb24"):
         self.steps += 1
         if self.steps <= 2:
             time.sleep(self.delay)
-        return super().step(requests, timer)
+        return super().step(requests, timer, pixel_format)
 
 
 async def stats_of(server, session: str | None = None) -> dict:

@@ -238,10 +238,10 @@ class RecordingEngine:
         self.generators.append(state.generator)
         return len(self.generators) - 1
 
-    def step(self, requests, timer=None):
-        return self.launch(requests, timer).results()
+    def step(self, requests, timer=None, pixel_format="rgb24"):
+        return self.launch(requests, timer, pixel_format).results()
 
-    def launch(self, requests, timer=None):
+    def launch(self, requests, timer=None, pixel_format="rgb24"):
         if self.interrupt_after is not None and self.frames_done >= self.interrupt_after:
             raise KeyboardInterrupt
         self.steps.append(
@@ -251,7 +251,7 @@ class RecordingEngine:
                 [getattr(r.state, "prev_hr", None) is None for r in requests],
             )
         )
-        pending = self.inner.launch(requests, timer)
+        pending = self.inner.launch(requests, timer, pixel_format)
         self.frames_done += len(requests)
         return pending
 
