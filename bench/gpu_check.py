@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__)
     parser.add_argument("--small", action="store_true", help="tiny checkpoint on the CPU")
     parser.add_argument("--out", default=".", help="folder for gpu_check.json")
-    parser.add_argument("--budget", type=float, default=450, help="seconds in all (default 450)")
+    parser.add_argument("--budget", type=float, default=390, help="seconds in all (default 390)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     config = SMALL if args.small else FULL
