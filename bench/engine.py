@@ -1,8 +1,8 @@
 """Engine benchmark: ms per frame by stage, cross-session batching, and the reference-loop baseline.
 
-Each case (one engine with its settings) runs in its own process: the engine loads and warms up
-once (with ``compile``: compiles every batch size, timed as ``warmup_s``), then runs each session
-count in turn. Results are a list of dicts, one per session count (a table, optionally JSON).
+Each case (one engine with its settings) runs in its own process: the engine loads once, then
+each session count warms up (with ``compile``: compiles that batch size, timed as ``warmup_s``)
+and runs in turn. Results are a list of dicts, one per session count (a table, optionally JSON).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +65,11 @@ class PeakRSS:
 
 def run_case(case: Case) -> list[dict[str, Any]]:
     """Run one case in this process (see ``run_isolated`` for a fresh process)."""
+    return list(iter_case(case))
+
+
+def iter_case(case: Case) -> Iterator[dict[str, Any]]:
+    """The results of ``case``, one per session count, as each is measured."""
     from engine import BicubicEngine, load_engine
 
     torch.manual_seed(case.seed)
@@ -73,14 +78,13 @@ def run_case(case: Case) -> list[dict[str, Any]]:
     else:
         engine = load_engine(case.model, **case.options)
     if case.kind == "reference-loop":
-        return [_run_reference(engine, case)]
-    started = time.perf_counter()
-    engine.warm_up([(case.height, case.width)], case.sessions)
-    warmup_s = time.perf_counter() - started
-    return [
-        {**_run_sessions(engine, case, sessions), "warmup_s": warmup_s}
-        for sessions in case.sessions
-    ]
+        yield _run_reference(engine, case)
+        return
+    for sessions in case.sessions:
+        started = time.perf_counter()
+        engine.warm_up([(case.height, case.width)], [sessions])  # e.g. compile, not timed
+        warmup_s = time.perf_counter() - started
+        yield {**_run_sessions(engine, case, sessions), "warmup_s": warmup_s}
 
 
 def _run_sessions(engine, case: Case, sessions: int) -> dict[str, Any]:

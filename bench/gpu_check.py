@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .engine import Case, compare_outputs, format_table, machine, ratios, run_case
+from .engine import Case, compare_outputs, format_table, iter_case, machine, ratios
 
 FULL = {
     "sizes": [(180, 320), (270, 480)],
@@ -55,49 +55,66 @@ class Planned:
 
 
 def plan(config: dict[str, Any], model: str) -> list[Planned]:
-    """Cheapest and most telling first: a tight budget drops the tail."""
+    """The first size eager, the reference loop and the first size compiled (the headline), then
+    the other sizes: a tight budget drops the tail, and a case stopped by the budget keeps the
+    session counts it measured."""
     base = {**config["options"], "flow_weights": "random", "flow_resolution": "hr"}
     common = dict(model=model, frames=config["frames"], warmup=config["warmup"])
-    planned = []
+    eager, compiled = [], []
     for height, width in config["sizes"]:
-        size = dict(height=height, width=width, **common)
         label = f"{width}x{height}"
-        eager = Case("stream-diffvsr", options=base, sessions=config["sessions"], **size)
+        case = Case(
+            "stream-diffvsr", options=base, sessions=config["sessions"],
+            height=height, width=width, **common,
+        )  # fmt: skip
+        eager.append(Planned(f"{label} eager", case))
         sessions = config.get("compile_sessions", config["sessions"])
-        compiled = replace(eager, options={**base, **config["compile"]}, sessions=sessions)
-        planned += [Planned(f"{label} eager", eager), Planned(f"{label} compiled", compiled)]
-        if not any(p.case.kind == "reference-loop" for p in planned):
-            reference = Case("reference-loop", options=base, **size)
-            planned.append(Planned(f"{label} reference loop", reference))
-    # The offline upscaler's overlap (next flow on a side stream), last: the budget may drop it.
-    first = next(p.case for p in planned if p.name.endswith("compiled"))
-    overlap = replace(first, sessions=first.sessions[:1], prefetch_flow=True)
-    planned.append(Planned(f"{first.width}x{first.height} compiled+prefetch", overlap))
-    return planned
+        options = {**base, **config["compile"]}
+        compiled.append(
+            Planned(f"{label} compiled", replace(case, options=options, sessions=sessions))
+        )
+    first = eager[0].case
+    reference = Case(
+        "reference-loop", options=base, height=first.height, width=first.width, **common
+    )
+    overlap = replace(compiled[0].case, sessions=(1,), prefetch_flow=True)
+    label = f"{first.width}x{first.height}"
+    plan = [eager[0], Planned(f"{label} reference loop", reference), compiled[0]]
+    for more_eager, more_compiled in zip(eager[1:], compiled[1:]):
+        plan += [more_eager, more_compiled]
+    return [*plan, Planned(f"{label} compiled+prefetch", overlap)]
 
 
 def _child(case: Case, queue) -> None:
     try:
-        queue.put(("ok", run_case(case)))
+        for result in iter_case(case):
+            queue.put(("result", result))
+        queue.put(("ok", None))
     except Exception as exc:  # reported, the other cases go on
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_with_deadline(case: Case, seconds: float) -> tuple[str, Any]:
-    """Run ``case`` in a fresh process; ("ok", results), ("error", message) or ("timeout", s)."""
+def run_with_deadline(case: Case, seconds: float) -> tuple[list[dict[str, Any]], str]:
+    """Run ``case`` in a fresh process: (results measured in time, "ok" | why it stopped)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(case, queue), daemon=True)
     process.start()
     deadline = time.monotonic() + seconds
+    results = []
     while time.monotonic() < deadline:
         try:
-            return queue.get(timeout=1.0)
+            kind, value = queue.get(timeout=1.0)
         except Exception:  # queue.Empty
             if not process.is_alive() and queue.empty():
-                return "error", f"the process died (exit code {process.exitcode})"
+                return results, f"error: the process died (exit code {process.exitcode})"
+            continue
+        if kind == "result":
+            results.append(value)
+        else:
+            return results, "ok" if kind == "ok" else f"error: {value}"
     process.kill()
-    return "timeout", seconds
+    return results, f"timeout after {seconds:.0f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,13 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append({"case": planned.name, "why": "no time left"})
             continue
         case_started = time.monotonic()
-        status, value = run_with_deadline(planned.case, left)
+        measured, status = run_with_deadline(planned.case, left)
         took = time.monotonic() - case_started
-        print(f"{planned.name}: {status} in {took:.0f} s", flush=True)
-        if status == "ok":
-            results += value
-        else:
-            skipped.append({"case": planned.name, "why": f"{status}: {value}"})
+        print(f"{planned.name}: {len(measured)} result(s), {status}, {took:.0f} s", flush=True)
+        results += measured
+        if status != "ok":
+            skipped.append({"case": planned.name, "why": status})
     compare_outputs(results)
     clean = [{k: v for k, v in r.items() if k != "last_frame"} for r in results]
     report = {

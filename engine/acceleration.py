@@ -3,10 +3,11 @@
 Each is an option of ``load_engine`` and each keeps the results of the plain fp32 path (within
 float tolerance; ``tests/test_acceleration.py``).
 
-Compiled networks have static frame sizes: one graph per frame size (and per batch of one or more,
-first or continuing frame). Compiling takes seconds to minutes, so it never happens inside a
-request: ``StreamDiffVSR.warm_up`` compiles (and with CUDA graphs records) the configured sizes and
-batch sizes at start, and a batch of any other shape runs the eager networks (logged once).
+Compiled networks have static frame sizes: one graph per frame size (and per batch of one or of
+more). Compiling takes seconds to minutes, so it never happens inside a request:
+``StreamDiffVSR.warm_up`` compiles (and with CUDA graphs records) the configured sizes and batch
+sizes at start, and a batch of any other shape runs the eager networks (logged once). A stream's
+first frame (no ControlNet, no temporal features: other graphs) always runs eager.
 """
 
 from __future__ import annotations

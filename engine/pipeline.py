@@ -90,7 +90,7 @@ class _Guidance:
     features: list[torch.Tensor]  # decoder temporal features
 
 
-BatchKey = tuple[int, int, int, bool]  # (batch size, height, width, continuing)
+BatchShape = tuple[int, int, int]  # (batch size, height, width)
 
 
 class StreamDiffVSR:
@@ -128,15 +128,16 @@ class StreamDiffVSR:
         if self.acceleration.compile != "off":
             self._compiled = self._eager.compiled(self.acceleration)
         self._side_stream = SideStream(self.device)
-        self._warm: set[BatchKey] = set()  # shapes the compiled networks are ready for
-        self._cold: set[tuple[int, int, int]] = set()  # shapes already logged as running eager
+        self._warm: set[BatchShape] = set()  # shapes the compiled networks are ready for
+        self._cold: set[BatchShape] = set()  # shapes already logged as running eager
 
     @property
     def steps(self) -> int:
         return len(self.sampler)
 
     @property
-    def warm_shapes(self) -> frozenset[BatchKey]:
+    def warm_shapes(self) -> frozenset[BatchShape]:
+        """(batch size, height, width) of the batches that run compiled."""
         return frozenset(self._warm)
 
     def new_session(self, seed: int | None = None) -> SessionState:
@@ -177,27 +178,29 @@ class StreamDiffVSR:
 
     @torch.inference_mode()
     def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
-        """Compile (and with CUDA graphs record) every (height, width) x batch size, for first and
-        continuing frames, so that requests of these shapes never wait for a compiler."""
+        """Compile (and with CUDA graphs record) every (height, width) x batch size, so that
+        requests of these shapes never wait for a compiler. Only continuing frames run compiled:
+        a stream's first frame (once per stream) runs eager, which halves the graphs to build."""
         if self._compiled is None:
             return
-        rounds = 3 if self.acceleration.cuda_graphs else 1  # warm-up run, recording, replay
+        calls = 3 if self.acceleration.cuda_graphs else 1  # warm-up run, recording, replay
         for height, width in sizes:
             for batch in batch_sizes:
                 frame = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
-                for _ in range(rounds):
-                    states = [self.new_session(seed=i) for i in range(batch)]
-                    for _ in range(2):  # a first frame, then a continuing one
-                        requests = [FrameRequest(state, frame) for state in states]
-                        launched = self._launch_batch(requests, NO_TIMER, self._compiled)
-                        states = [result.state for result in PendingStep(launched).results()]
-                self._warm.update({(batch, height, width, False), (batch, height, width, True)})
+                states = [self.new_session(seed=i) for i in range(batch)]
+                for n in range(1 + calls):  # a first frame, then continuing ones
+                    requests = [FrameRequest(state, frame) for state in states]
+                    networks = self._compiled if n else self._eager
+                    launched = self._launch_batch(requests, NO_TIMER, networks)
+                    states = [result.state for result in PendingStep(launched).results()]
+                self._warm.add((batch, height, width))
                 log.info("compiled networks ready for %d x %dx%d", batch, width, height)
 
-    def _networks_for(self, key: BatchKey) -> _Networks:
-        if self._compiled is None or key in self._warm:
-            return self._compiled or self._eager
-        batch, height, width, _ = key
+    def _networks_for(self, batch: int, height: int, width: int, continuing: bool) -> _Networks:
+        if self._compiled is None or not continuing:
+            return self._eager
+        if (batch, height, width) in self._warm:
+            return self._compiled
         if (batch, height, width) not in self._cold:
             self._cold.add((batch, height, width))
             log.info(
@@ -218,7 +221,7 @@ class StreamDiffVSR:
         height, width = lr.shape[-2:]
         continuing = requests[0].state.continues_with(height, width)
         states = [r.state if continuing else r.state.restarted() for r in requests]
-        nets = networks or self._networks_for((len(requests), height, width, continuing))
+        nets = networks or self._networks_for(len(requests), height, width, continuing)
         with self.acceleration.attention():
             guidance = self._guidance(requests, states, lr, nets, timer) if continuing else None
             latents = self._initial_latents(requests, height, width)
