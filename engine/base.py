@@ -155,9 +155,6 @@ class Download:
         self._done = torch.cuda.Event()
         self._done.record(torch.cuda.current_stream(pixels.device))
 
-    def ready(self) -> bool:
-        return self._done is None or self._done.query()
-
     def frames(self) -> list[torch.Tensor]:
         if self._done is not None:
             self._done.synchronize()
@@ -179,9 +176,6 @@ class PendingStep:
 
     def __init__(self, frames: Sequence[LaunchedFrame | FrameResult]):
         self._frames = list(frames)
-
-    def ready(self) -> bool:
-        return all(f.download.ready() for f in self._frames if isinstance(f, LaunchedFrame))
 
     def results(self) -> list[FrameResult]:
         return [
