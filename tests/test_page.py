@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import os
 import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -356,30 +357,45 @@ async def _sessions(server, count: int) -> bool:
 
 
 async def test_not_ready_is_shown_then_the_page_connects_by_itself(
-    clip: Path, tiny_engine_settings: dict[str, str]
+    clip: Path, tiny_engine_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A real slow start: the tiny Stream-DiffVSR checkpoint loads on the CPU (a few seconds)."""
+    """A real slow start: the tiny Stream-DiffVSR checkpoint loads on the CPU. The load is held
+    until the page has shown "not ready", so that a fast load cannot win the race."""
+    import server.app as app_module
+
+    release = threading.Event()
+    real_create_engine = app_module.create_engine
+
+    def held_create_engine(settings):
+        release.wait(60)
+        return real_create_engine(settings)
+
+    monkeypatch.setattr(app_module, "create_engine", held_create_engine)
     engine_settings = tiny_engine_settings
-    async with (
-        running_server(engine_settings=engine_settings, wait_ready=None) as server,
-        browser_page(server.url, clip) as page,
-    ):
-        assert (await server.readyz())[0] == 503
-        await start(page, "160x90")
-        await page.wait_for_function(
-            "document.getElementById('notice-text').textContent.includes('not ready')",
-            timeout=10_000,
-        )
-        text = await notice(page)
-        assert "Retrying automatically" in text, text
-        # No click: the page retries until the engine is loaded, then connects.
-        await page.wait_for_function(
-            "document.getElementById('stat-engine').textContent === 'stream-diffvsr'",
-            timeout=40_000,
-        )
-        assert "not ready" not in await notice(page)
-        assert await page.is_hidden("#engine-notice")  # no bicubic notice for the real model
-        assert (await server.readyz())[0] == 200
+    try:
+        async with (
+            running_server(engine_settings=engine_settings, wait_ready=None) as server,
+            browser_page(server.url, clip) as page,
+        ):
+            assert (await server.readyz())[0] == 503
+            await start(page, "160x90")
+            await page.wait_for_function(
+                "document.getElementById('notice-text').textContent.includes('not ready')",
+                timeout=10_000,
+            )
+            release.set()
+            text = await notice(page)
+            assert "Retrying automatically" in text, text
+            # No click: the page retries until the engine is loaded, then connects.
+            await page.wait_for_function(
+                "document.getElementById('stat-engine').textContent === 'stream-diffvsr'",
+                timeout=40_000,
+            )
+            assert "not ready" not in await notice(page)
+            assert await page.is_hidden("#engine-notice")  # no bicubic notice for the real model
+            assert (await server.readyz())[0] == 200
+    finally:
+        release.set()  # the loader thread must not wait on after a failure
 
 
 async def test_camera_permission_denied_is_explained(clip: Path) -> None:
