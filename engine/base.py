@@ -118,7 +118,9 @@ def to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
     ``av.VideoFrame.from_ndarray(..., format="yuv420p")``: Y rows, then U, then V (each chroma
     plane, averaged over 2x2 pixels, packed into rows of width W)."""
     batch, _, height, width = rgb.shape
-    y, u, v = (torch.einsum("bchw,c->bhw", rgb, rgb.new_tensor(row[:3])) + row[3] for row in _BT601)
+    red, green, blue = rgb.unbind(1)
+    # Python-float coefficients: a tensor of them would be a blocking host-to-device copy per call.
+    y, u, v = (r * red + g * green + b * blue + offset for r, g, b, offset in _BT601)
     u, v = (
         F.avg_pool2d(plane.unsqueeze(1), 2).reshape(batch, height // 4, width) for plane in (u, v)
     )

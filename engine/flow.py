@@ -16,15 +16,15 @@ from torchvision.models.optical_flow import (
 )
 
 from .errors import CheckpointError
+from .raft import RAFT_STRIDE, StreamRaft
 from .weights import read_state_dict
 
 RAFT_MODELS = {
     "raft_large": (raft_large, Raft_Large_Weights.DEFAULT),
     "raft_small": (raft_small, Raft_Small_Weights.DEFAULT),
 }
-# RAFT works on 1/8-resolution feature maps: its input sides must be multiples of 8, and its
-# 4-level correlation pyramid needs feature maps of at least 16, so inputs of at least 128.
-RAFT_STRIDE = 8
+# RAFT's input sides must be multiples of its stride (8), and its 4-level correlation pyramid
+# needs feature maps of at least 16, so inputs of at least 128.
 RAFT_MIN_SIDE = 128
 
 
@@ -84,6 +84,10 @@ class FlowEstimator(nn.Module):
     Inputs are LR frames in [-1, 1]. RAFT runs in float32 whatever the engine's dtype.
     Sides that are not multiples of 8 (or below 128) are edge-padded for RAFT and the flow is
     cropped back.
+
+    A stream encodes each frame for RAFT once: ``forward(lr, previous_features)`` returns the flow
+    and ``lr``'s encoding, which the next frame passes back as its ``previous_features``
+    (``encode`` starts a chain). ``between(current, previous)`` is the flow of one pair.
     """
 
     def __init__(
@@ -94,27 +98,41 @@ class FlowEstimator(nn.Module):
         num_updates: int = 12,
     ):
         super().__init__()
-        self.raft = raft
+        self.raft = raft  # torchvision's RAFT, as built (the reference loop calls it directly)
+        self.stream_raft = StreamRaft(raft, num_updates)
         self.resolution = FlowResolution(resolution)
         self.scale = scale
-        self.num_updates = num_updates
 
-    def forward(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        current, previous = current.float(), previous.float()
+    def encode(self, lr: torch.Tensor) -> torch.Tensor:
+        """RAFT's encoding of LR frames (B, 3, H, W), for the flow of the next frame."""
+        return self.stream_raft.encode(self._raft_input(lr))
+
+    def forward(
+        self, lr: torch.Tensor, previous_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow from ``lr`` to the previous frames, ``lr``'s encoding)."""
+        image = self._raft_input(lr)
+        features = self.stream_raft.encode(image)
+        flow = self.stream_raft(image, features, previous_features)
+        return self._to_hr(flow, *lr.shape[-2:]), features
+
+    def between(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Flow from ``current`` to ``previous`` (LR frames, (B, 3, H, W))."""
+        return self(current, self.encode(previous))[0]
+
+    def _raft_input(self, lr: torch.Tensor) -> torch.Tensor:
+        image = lr.float()
         if self.resolution is FlowResolution.HR:
-            return self._raft(
-                upscale_bicubic(current, self.scale), upscale_bicubic(previous, self.scale)
-            )
-        flow = self._raft(current, previous)
+            image = upscale_bicubic(image, self.scale)
+        return _pad_for_raft(image)
+
+    def _to_hr(self, flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """RAFT's (padded) flow cropped to the frame, at HR size in HR pixels."""
+        if self.resolution is FlowResolution.HR:
+            return flow[..., : height * self.scale, : width * self.scale]
+        flow = flow[..., :height, :width]
         flow = F.interpolate(flow, scale_factor=self.scale, mode="bilinear", align_corners=False)
         return flow * self.scale
-
-    def _raft(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        height, width = current.shape[-2:]
-        flows = self.raft(
-            _pad_for_raft(current), _pad_for_raft(previous), num_flow_updates=self.num_updates
-        )
-        return flows[-1][..., :height, :width]
 
 
 def upscale_bicubic(image: torch.Tensor, scale: int = 4) -> torch.Tensor:

@@ -68,7 +68,7 @@ class GuideEncoder(nn.Module):
 class _Networks:
     """The four network calls of a frame: eager modules, or their compiled versions."""
 
-    flow: Callable  # (lr, prev_lr) -> flow at HR size
+    flow: Callable  # (lr, previous frames' flow encoding) -> (flow at HR size, lr's encoding)
     guide: Callable  # (prev_hr, flow) -> (ControlNet condition, decoder features)
     predict: Callable  # (sample, timestep, prompt, condition | None) -> noise prediction
     decode: Callable  # (latents, features | None) -> image
@@ -88,6 +88,7 @@ class _Guidance:
 
     condition: torch.Tensor  # ControlNet embedding of the warped previous outputs
     features: list[torch.Tensor]  # decoder temporal features
+    flow_features: torch.Tensor  # the frames' flow encoding, for the next frames' flow
 
 
 BatchShape = tuple[int, int, int]  # (batch size, height, width)
@@ -172,9 +173,11 @@ class StreamDiffVSR:
         if tuple(previous.shape) != tuple(frame.shape):
             return None  # a size change restarts the chain: no flow needed
         with self._side_stream.active():
+            # The previous frame is encoded again: its encoding from the step running now is not
+            # ready yet (and on another stream); this side-stream work is overlapped anyway.
             lr = to_model_input([frame, previous], self.device, self.dtype)
-            flow = self._eager.flow(lr[:1], lr[1:])
-            return PrefetchedFlow(flow, self._side_stream.mark_done())
+            flow, features = self.flow(lr[:1], self.flow.encode(lr[1:]))
+            return PrefetchedFlow(flow, features, self._side_stream.mark_done())
 
     @torch.inference_mode()
     def warm_up(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int]) -> None:
@@ -223,7 +226,13 @@ class StreamDiffVSR:
         states = [r.state if continuing else r.state.restarted() for r in requests]
         nets = networks or self._networks_for(len(requests), height, width, continuing)
         with self.acceleration.attention():
-            guidance = self._guidance(requests, states, lr, nets, timer) if continuing else None
+            if continuing:
+                guidance = self._guidance(requests, states, lr, nets, timer)
+                flow_features = guidance.flow_features
+            else:
+                guidance = None
+                with timer.stage("flow"):
+                    flow_features = self.flow.encode(lr)  # for the next frame's flow
             latents = self._initial_latents(requests, height, width)
             latents = self._denoise(latents, lr, guidance, nets, timer)
             with timer.stage("vae_decode"):
@@ -231,7 +240,7 @@ class StreamDiffVSR:
         with timer.stage("download"):
             download = Download(hr, pixel_format)
         return [
-            LaunchedFrame(state.advanced(lr[i : i + 1], hr[i : i + 1]), download, i)
+            LaunchedFrame(state.advanced(*_row(i, lr, hr, flow_features)), download, i)
             for i, state in enumerate(states)
         ]
 
@@ -246,12 +255,14 @@ class StreamDiffVSR:
         prev_hr = torch.cat([state.prev_hr for state in states])
         with timer.stage("flow"):
             if all(r.flow is not None for r in requests):  # started during the previous step
-                flow = torch.cat([r.flow.take() for r in requests])
+                flows, encodings = zip(*(r.flow.take() for r in requests))
+                flow, flow_features = torch.cat(flows), torch.cat(encodings)
             else:
-                flow = nets.flow(lr, torch.cat([state.prev_lr for state in states]))
+                previous = torch.cat([state.flow_features for state in states])
+                flow, flow_features = nets.flow(lr, previous)
         with timer.stage("guide"):
             condition, features = nets.guide(prev_hr, flow)
-        return _Guidance(condition, features)
+        return _Guidance(condition, features, flow_features)
 
     def _initial_latents(
         self, requests: list[FrameRequest], height: int, width: int
@@ -291,6 +302,10 @@ class StreamDiffVSR:
             overlap = max(1, self.vae_tile // 4)
             return decode_tiled(self.vae, latents, features, self.vae_tile, overlap)
         return nets.decode(latents / self.vae.config.scaling_factor, features)
+
+
+def _row(i: int, *batches: torch.Tensor) -> list[torch.Tensor]:
+    return [batch[i : i + 1] for batch in batches]
 
 
 def _batch_kind(request: FrameRequest) -> tuple[int, int, bool]:

@@ -40,15 +40,18 @@ class SideStream:
 
 @dataclass
 class PrefetchedFlow:
-    """Flow from a stream's previous LR frame to its next one, (1, 2, 4H, 4W), computed ahead."""
+    """Flow from a stream's previous LR frame to its next one, (1, 2, 4H, 4W), computed ahead,
+    with the next frame's encoding by the flow network (for the flow after it)."""
 
     flow: torch.Tensor
+    features: torch.Tensor
     done: torch.cuda.Event | None = None
 
-    def take(self) -> torch.Tensor:
-        """The flow, usable on the current stream (which waits for the side stream's work)."""
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow, features), usable on the current stream (which waits for the side stream)."""
         if self.done is not None:
             current = torch.cuda.current_stream(self.flow.device)
             current.wait_event(self.done)
-            self.flow.record_stream(current)  # its memory stays reserved until this use is done
-        return self.flow
+            for tensor in (self.flow, self.features):
+                tensor.record_stream(current)  # its memory stays reserved until this use is done
+        return self.flow, self.features

@@ -13,6 +13,8 @@ class SessionState:
 
     ``prev_hr`` is the previous decoded output, unclamped, in [-1, 1] (1, 3, 4H, 4W) and ``prev_lr``
     the previous input frame in [-1, 1] (1, 3, H, W); both are ``None`` before the first frame.
+    ``flow_features`` is the previous frame's encoding by the flow network (engines with a flow),
+    kept so that each frame is encoded once.
     ``generator`` draws this stream's initial noise, so streams are reproducible and independent.
     """
 
@@ -21,6 +23,7 @@ class SessionState:
     frame_index: int = 0
     prev_hr: torch.Tensor | None = field(default=None, repr=False)
     prev_lr: torch.Tensor | None = field(default=None, repr=False)
+    flow_features: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def new(cls, seed: int | None = None) -> SessionState:
@@ -42,18 +45,21 @@ class SessionState:
         """The state at frame 0 of a new chain (same stream, same noise generator)."""
         return SessionState(seed=self.seed, generator=self.generator)
 
-    def advanced(self, lr: torch.Tensor, hr: torch.Tensor) -> SessionState:
-        """The state after a frame: its input ``lr`` (1, 3, H, W) and output ``hr``, copied so that
-        the state does not pin the whole batch they were sliced from."""
+    def advanced(
+        self, lr: torch.Tensor, hr: torch.Tensor, flow_features: torch.Tensor | None = None
+    ) -> SessionState:
+        """The state after a frame: its input ``lr`` (1, 3, H, W), output ``hr`` and flow
+        encoding, copied so that the state does not pin the whole batch they were sliced from."""
         return SessionState(
             seed=self.seed,
             generator=self.generator,
             frame_index=self.frame_index + 1,
             prev_hr=hr.clone(),
             prev_lr=lr.clone(),
+            flow_features=None if flow_features is None else flow_features.clone(),
         )
 
     def nbytes(self) -> int:
         """Bytes of tensors this state holds (constant over a stream's life)."""
-        tensors = [t for t in (self.prev_hr, self.prev_lr) if t is not None]
+        tensors = [t for t in (self.prev_hr, self.prev_lr, self.flow_features) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -121,7 +121,7 @@ def test_flow_estimator_output_shape(raft, mode, height, width):
     estimator = FlowEstimator(raft, mode, scale=4, num_updates=2)
     current, previous = lr_pair(2 if mode == "hr" else 1, height, width)
     with torch.no_grad():
-        flow = estimator(current, previous)
+        flow = estimator.between(current, previous)
     assert flow.shape == (current.shape[0], 2, 4 * height, 4 * width)
     assert flow.dtype == torch.float32
     assert torch.isfinite(flow).all()
@@ -136,7 +136,9 @@ def test_hr_flow_is_raft_on_bicubic_x4_frames(raft):
 
     with torch.no_grad():
         expected = raft(bicubic(current), bicubic(previous), num_flow_updates=3)[-1]
-        torch.testing.assert_close(estimator(current, previous), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            estimator.between(current, previous), expected, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_lr_flow_is_upsampled_and_scaled_raft_at_lr(raft):
@@ -145,7 +147,7 @@ def test_lr_flow_is_upsampled_and_scaled_raft_at_lr(raft):
     with torch.no_grad():
         low = raft(current, previous, num_flow_updates=3)[-1]
         expected = 4 * F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)
-        got = estimator(current, previous)
+        got = estimator.between(current, previous)
     assert got.shape == (1, 2, 512, 544)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert expected.abs().max() > 1e-3  # the check is not vacuous
@@ -155,7 +157,7 @@ def test_flow_estimator_runs_raft_in_float32(raft):
     current, previous = lr_pair(1, 32, 32, seed=3)
     estimator = FlowEstimator(raft, "hr", num_updates=1)
     with torch.no_grad():
-        flow = estimator(current.bfloat16(), previous.bfloat16())
+        flow = estimator.between(current.bfloat16(), previous.bfloat16())
     assert flow.dtype == torch.float32
     assert torch.isfinite(flow).all()
 
@@ -169,6 +171,6 @@ def test_flow_estimator_small_frames(raft, mode, height, width):
     estimator = FlowEstimator(raft, mode, num_updates=1)
     current, previous = lr_pair(1, height, width)
     with torch.no_grad():
-        flow = estimator(current, previous)
+        flow = estimator.between(current, previous)
     assert flow.shape == (1, 2, 4 * height, 4 * width)
     assert torch.isfinite(flow).all()

@@ -157,7 +157,7 @@ def test_state_does_not_pin_other_sessions_memory(tiny_engine, make_frames):
     for result in results:
         held = {
             t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-            for t in (result.state.prev_hr, result.state.prev_lr)
+            for t in (result.state.prev_hr, result.state.prev_lr, result.state.flow_features)
         }
         assert sum(held.values()) == result.state.nbytes()
 
@@ -276,10 +276,11 @@ def test_later_frames_are_guided_by_the_warped_previous_output(tiny_engine, make
     result, calls = step_recorded(tiny_engine, previous, frames[2])
     assert result.state.frame_index == 3
 
-    # Flow from this LR frame to the previous one, both in [-1, 1]; HR-sized.
-    [(flow_args, flow)] = calls["flow"]
+    # Flow from this LR frame to the previous one (given as its RAFT encoding, kept from the
+    # previous step), both in [-1, 1]; HR-sized.
+    [(flow_args, (flow, _))] = calls["flow"]
     torch.testing.assert_close(flow_args[0], to_unit(frames[2]))
-    torch.testing.assert_close(flow_args[1], to_unit(frames[1]))
+    assert torch.equal(flow_args[1], tiny_engine.flow.encode(previous.prev_lr))
     assert flow.shape == (1, 2, 64, 96)
 
     # The ControlNet's condition is the previous output, warped by the flow; it is embedded once
@@ -389,7 +390,9 @@ def test_memory_per_session_is_constant(load_tiny, make_frames):
             del result
             marks[n] = (*live_tensors(), process.memory_info().rss)
     assert state.frame_index == 111
-    assert sizes[0] == (3 * 32 * 32 + 3 * 8 * 8) * 4  # prev_hr + prev_lr, fp32
+    # prev_hr + prev_lr + RAFT-small's encoding (128 channels at 1/8 of the HR frame, padded to
+    # RAFT's 128 px minimum), fp32.
+    assert sizes[0] == (3 * 32 * 32 + 3 * 8 * 8 + 128 * 16 * 16) * 4
     assert set(sizes) == {sizes[0]}
     count_10, bytes_10, rss_10 = marks[10]
     count_110, bytes_110, rss_110 = marks[110]
