@@ -179,6 +179,12 @@ class PendingStep:
     def __init__(self, frames: Sequence[LaunchedFrame | FrameResult]):
         self._frames = list(frames)
 
+    @property
+    def states(self) -> list[SessionState]:
+        """The streams' new states, without waiting (their tensors may still be computed: use
+        them only for more GPU work on the same stream)."""
+        return [frame.state for frame in self._frames]
+
     def results(self) -> list[FrameResult]:
         return [
             FrameResult(f.state, f.download.frames()[f.row]) if isinstance(f, LaunchedFrame) else f

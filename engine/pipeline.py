@@ -276,10 +276,12 @@ class StreamDiffVSR:
             elif tuple(noise.shape) != shape:
                 raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
             noises.append(noise)
-        noise = torch.cat(noises)
-        if self.device.type == "cuda":
-            noise = noise.pin_memory()  # an asynchronous upload: no host sync
-        latents = noise.to(self.device, torch.float32, non_blocking=True)
+        # Gathered straight into pinned memory on CUDA: an asynchronous upload, no host sync.
+        batch = torch.empty(
+            (len(noises), *shape[1:]), dtype=torch.float32, pin_memory=self.device.type == "cuda"
+        )
+        noise = torch.cat([n.float() for n in noises], out=batch)
+        latents = noise.to(self.device, non_blocking=True)
         return latents * self.sampler.init_noise_sigma
 
     def _denoise(

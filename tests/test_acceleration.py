@@ -137,19 +137,23 @@ def test_cuda_graphs_keep_the_frames(load_tiny, clips):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_step_never_waits_for_the_gpu_until_its_frames_are_read(load_tiny, clips):
-    """No host synchronisation while a step is queued (pinned uploads, no .item(), no implicit
-    copies); the only wait is ``results()``, which reads the frames."""
-    eng = load_tiny(device="cuda", dtype="bf16")
+@pytest.mark.parametrize("compile_mode", ["off", "reduce-overhead"])
+def test_a_step_never_waits_for_the_gpu_until_its_frames_are_read(load_tiny, clips, compile_mode):
+    """The server's path (YUV frames), eager and compiled, first and continuing frames: no host
+    synchronisation while a step is queued (pinned uploads, no .item(), no implicit copies); the
+    only wait is ``results()``, which reads the frames. (``tests/test_host_syncs.py`` checks the
+    eager path without a GPU.)"""
+    eng = load_tiny(device="cuda", dtype="bf16", compile=compile_mode)
+    eng.warm_up([SIZE], [1])
     states = [eng.new_session(seed=1)]
-    for frame in clips[0][:2]:  # a first and a continuing frame, to be compared below
-        [result] = eng.step([FrameRequest(states[0], frame)])
+    for frame in clips[0]:  # a first frame, then continuing ones
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            pending = eng.launch([FrameRequest(states[0], frame)], pixel_format="yuv420p")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        [result] = pending.results()
         states = [result.state]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        pending = eng.launch([FrameRequest(states[0], clips[0][2])])
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    [result] = pending.results()
-    assert result.state.frame_index == 3
+        assert result.frame.shape == (SIZE[0] * 4 * 3 // 2, SIZE[1] * 4)
+    assert states[0].frame_index == len(clips[0])
