@@ -1,4 +1,5 @@
-"""Speed settings of the engine: memory format, attention kernels and ``torch.compile``.
+"""Speed settings of the engine: memory format, attention kernels, cuDNN autotuning and
+``torch.compile``.
 
 Each is an option of ``load_engine`` and each keeps the results of the plain fp32 path (within
 float tolerance; ``tests/test_acceleration.py``).
@@ -43,6 +44,7 @@ class Acceleration:
     sdpa_backend: str = "auto"
     compile: str = "off"
     compile_backend: str = "inductor"
+    cudnn_benchmark: bool | None = None  # None: on for CUDA
 
     def check(self, device: torch.device) -> None:
         """Raise a ``DeviceError`` naming the setting that cannot work on ``device``."""
@@ -75,6 +77,14 @@ class Acceleration:
         else:
             with sdpa_kernel([backend]):
                 yield
+
+    def tune_kernels(self, device: torch.device) -> None:
+        """cuDNN autotuning: each convolution shape is timed once and its fastest kernel kept.
+        Serving sizes are fixed (warm-up sizes x batch sizes), so the one-off cost pays for itself
+        (process-wide: cuDNN has no per-model switch)."""
+        if device.type == "cuda":
+            enabled = True if self.cudnn_benchmark is None else self.cudnn_benchmark
+            torch.backends.cudnn.benchmark = enabled
 
     def memory_format(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(memory_format=torch.channels_last) if self.channels_last else module

@@ -69,11 +69,16 @@ class EngineOptions:
     sdpa_backend: str = "auto"
     compile: str = "off"
     compile_backend: str = "inductor"
+    cudnn_benchmark: bool | None = None  # None: on for CUDA
 
     @property
     def acceleration(self) -> Acceleration:
         return Acceleration(
-            self.channels_last, self.sdpa_backend, self.compile, self.compile_backend
+            self.channels_last,
+            self.sdpa_backend,
+            self.compile,
+            self.compile_backend,
+            self.cudnn_benchmark,
         )
 
 
@@ -84,6 +89,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
     dtype = resolve_dtype(opts.dtype, device)
     check_attention(opts.attention)
     opts.acceleration.check(device)
+    opts.acceleration.tune_kernels(device)
     overrides = {name: getattr(opts, name) for name in OVERRIDABLE if getattr(opts, name)}
     root = resolve_checkpoint(model, opts.revision, skip=tuple(overrides))
     log.info(

@@ -35,6 +35,10 @@ ENGINE_FLAGS = {
         "compile",
         "torch.compile mode: off, default, reduce-overhead or max-autotune (+CUDA graphs)",
     ),
+    "--cudnn-benchmark": (
+        "cudnn_benchmark",
+        "time cuDNN's kernels per shape once, keep the fastest: auto (on for CUDA), true, false",
+    ),
     "--warmup-sizes": ("warmup_sizes", "LR sizes to compile at start, e.g. 320x180,480x270"),
     "--seed": ("seed", "noise seed of the first session"),
 }

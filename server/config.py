@@ -123,6 +123,16 @@ def _sizes(value: Any) -> tuple[tuple[int, int], ...]:
     return tuple(sizes)
 
 
+def _bool_or_auto(value: Any) -> bool | None:
+    """true/false, or auto (null): the engine decides (e.g. on for CUDA)."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return None
+    try:
+        return _bool(value)
+    except ValueError:
+        raise ValueError("must be true, false or auto") from None
+
+
 def _compile_mode(value: Any) -> str:
     """A torch.compile mode; YAML reads a bare off/on as false/true."""
     if isinstance(value, bool):
@@ -226,6 +236,7 @@ ENGINE_SCHEMA = {
     "sdpa_backend": _choice(*SDPA_BACKENDS),
     "compile": _compile_mode,
     "compile_backend": _choice(*COMPILE_BACKENDS),
+    "cudnn_benchmark": _bool_or_auto,
     "warmup_sizes": _sizes,
     "seed": _optional_int,
 }

@@ -15,6 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from engine import DeviceError, FrameRequest
+from engine.acceleration import Acceleration
 from server.config import ConfigError, load_settings
 
 SIZE = (16, 24)
@@ -117,14 +118,34 @@ def test_speed_settings_are_validated_in_the_config():
     assert load_settings(overrides={"engine": {"compile": "reduce-overhead"}}).engine.compile == (
         "reduce-overhead"
     )
+    assert engine.cudnn_benchmark is None  # auto, the default
+    for value, expected in [("auto", None), ("false", False), (True, True)]:
+        settings = load_settings(overrides={"engine": {"cudnn_benchmark": value}}).engine
+        assert settings.engine_options()["cudnn_benchmark"] is expected
     for key, value in [
         ("compile", "fastest"),
         ("sdpa_backend", "xformers"),
         ("channels_last", "maybe"),
         ("warmup_sizes", "320by180"),
+        ("cudnn_benchmark", "sometimes"),
     ]:
         with pytest.raises(ConfigError, match=f"engine.{key}"):
             load_settings(overrides={"engine": {key: value}})
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [(None, "cuda", True), (False, "cuda", False), (True, "cuda", True), (True, "cpu", None)],
+)
+def test_cudnn_autotuning_is_on_for_cuda_unless_turned_off(setting, device, expected):
+    before = torch.backends.cudnn.benchmark
+    try:
+        for start in (False, True):  # a CPU engine leaves the process-wide flag as it was
+            torch.backends.cudnn.benchmark = start
+            Acceleration(cudnn_benchmark=setting).tune_kernels(torch.device(device))
+            assert torch.backends.cudnn.benchmark == (start if expected is None else expected)
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
