@@ -33,6 +33,10 @@ class StreamRaft(nn.Module):
         super().__init__()
         self.raft = raft
         self.num_updates = num_updates
+        # Correlations are divided by sqrt(C), C the encoding's channels, rounded to float32 as
+        # torchvision computes it (a Python float here: no tensor to make or read per call).
+        channels = raft.feature_encoder.conv.out_channels
+        self.correlation_scale = float(torch.tensor(float(channels)).sqrt())
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Feature encoding of images (B, 3, H, W) (H, W multiples of 8): (B, C, H/8, W/8)."""
@@ -44,7 +48,9 @@ class StreamRaft(nn.Module):
         """Flow (B, 2, H, W) from ``image`` (encoded as ``features``) to the image encoded as
         ``previous_features``: torchvision's last flow prediction."""
         raft = self.raft
-        pyramid = correlation_pyramid(features, previous_features, raft.corr_block.num_levels)
+        pyramid = correlation_pyramid(
+            features, previous_features, raft.corr_block.num_levels, self.correlation_scale
+        )
         context_out = raft.context_encoder(image)
         hidden_size = raft.update_block.hidden_state_size
         hidden, context = context_out.split(
@@ -64,16 +70,16 @@ class StreamRaft(nn.Module):
 
 
 def correlation_pyramid(
-    features: torch.Tensor, previous_features: torch.Tensor, levels: int
+    features: torch.Tensor, previous_features: torch.Tensor, levels: int, scale: float
 ) -> list[torch.Tensor]:
-    """All-pairs correlation of two feature maps (B, C, h, w), pooled ``levels`` times over the
-    second map's pixels: (B*h*w, 1, h/2^k, w/2^k) for k < levels (torchvision's ``CorrBlock``)."""
+    """All-pairs correlation of two feature maps (B, C, h, w) divided by ``scale``, pooled
+    ``levels`` times over the second map's pixels: (B*h*w, 1, h/2^k, w/2^k) for k < levels
+    (torchvision's ``CorrBlock``)."""
     batch, channels, height, width = features.shape
     first = features.view(batch, channels, height * width)
     second = previous_features.view(batch, channels, height * width)
     volume = torch.matmul(first.transpose(1, 2), second)
-    # Divided by sqrt(C) computed in float32 on the host, as torchvision does (same rounding).
-    volume = volume.view(batch * height * width, 1, height, width) / _sqrt_f32(channels)
+    volume = volume.view(batch * height * width, 1, height, width) / scale
     pyramid = [volume]
     for _ in range(levels - 1):
         volume = F.avg_pool2d(volume, kernel_size=2, stride=2)
@@ -101,7 +107,3 @@ def _neighbourhood(radius: int, device: torch.device) -> torch.Tensor:
     side = 2 * radius + 1
     steps = torch.linspace(-radius, radius, side, device=device)
     return torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1).view(1, side, side, 2)
-
-
-def _sqrt_f32(value: int) -> float:
-    return float(torch.tensor(float(value)).sqrt())
