@@ -2,10 +2,11 @@
 
 Builds the real architecture with random weights (the official shapes; weights do not change
 speed) and measures, at LR 320x180 (720p out) and 480x270 (1080p out), bf16, flow at HR as the
-reference: the engine by stage, eager and compiled (reduce-overhead: inductor + CUDA graphs), on
-1, 2, 4 and 8 batched sessions, plus the reference-style loop. Each case runs in its own process;
-a case that would not finish in the budget is stopped and reported as skipped. Prints a table and
-the ratios, and writes everything as JSON.
+reference: the engine by whole steps (and by stage in a separate synchronised run), eager and
+compiled (reduce-overhead: inductor + CUDA graphs), on 1, 2, 4 and 8 batched sessions, plus the
+reference-style loop; each setting's deviation from the plain fp32 path. Each case runs in its own
+process; a case that would not finish in the budget is stopped and reported as skipped (keeping
+the session counts it measured). Prints a table and the ratios, and writes everything as JSON.
 
     python -m bench.gpu_check [--small] [--out DIR] [--budget SECONDS]
 
@@ -25,7 +26,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .engine import Case, compare_outputs, format_table, iter_case, machine, ratios
+from .engine import (
+    NOTES,
+    Case,
+    add_event,
+    compare_outputs,
+    format_table,
+    iter_case,
+    machine,
+    ratios,
+)
 
 FULL = {
     "sizes": [(180, 320), (270, 480)],
@@ -45,6 +55,9 @@ SMALL = {
     "compile": {"compile": "default", "compile_backend": "eager"},
     "compile_sessions": (1,),  # tracing the tiny model for each batch class takes a while on a CPU
     "checkpoint": "tiny",
+    # Two OpenMP workers that spin against PeakRSS's sampling thread made some tiny-model steps
+    # take 10-30 s instead of 0.6 s on a 2-core machine: one intra-op thread.
+    "threads": 1,
 }
 
 
@@ -85,20 +98,26 @@ def plan(config: dict[str, Any], model: str) -> list[Planned]:
     return [*plan, Planned(f"{label} compiled+prefetch", overlap)]
 
 
-def _child(case: Case, queue) -> None:
+def _child(case: Case, queue, threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
-        for result in iter_case(case):
-            queue.put(("result", result))
+        for event in iter_case(case):
+            queue.put(event)
         queue.put(("ok", None))
     except Exception as exc:  # reported, the other cases go on
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_with_deadline(case: Case, seconds: float) -> tuple[list[dict[str, Any]], str]:
+def run_with_deadline(
+    case: Case, seconds: float, threads: int | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """Run ``case`` in a fresh process: (results measured in time, "ok" | why it stopped)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(case, queue), daemon=True)
+    process = context.Process(target=_child, args=(case, queue, threads), daemon=True)
     process.start()
     deadline = time.monotonic() + seconds
     results = []
@@ -109,8 +128,8 @@ def run_with_deadline(case: Case, seconds: float) -> tuple[list[dict[str, Any]],
             if not process.is_alive() and queue.empty():
                 return results, f"error: the process died (exit code {process.exitcode})"
             continue
-        if kind == "result":
-            results.append(value)
+        if kind in ("result", "deviation"):
+            add_event(results, kind, value)
         else:
             return results, "ok" if kind == "ok" else f"error: {value}"
     process.kill()
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__)
     parser.add_argument("--small", action="store_true", help="tiny checkpoint on the CPU")
     parser.add_argument("--out", default=".", help="folder for gpu_check.json")
-    parser.add_argument("--budget", type=float, default=390, help="seconds in all (default 390)")
+    parser.add_argument("--budget", type=float, default=300, help="seconds in all (default 300)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     config = SMALL if args.small else FULL
@@ -139,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append({"case": planned.name, "why": "no time left"})
             continue
         case_started = time.monotonic()
-        measured, status = run_with_deadline(planned.case, left)
+        measured, status = run_with_deadline(planned.case, left, config.get("threads"))
         took = time.monotonic() - case_started
         print(f"{planned.name}: {len(measured)} result(s), {status}, {took:.0f} s", flush=True)
         results += measured
@@ -149,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     clean = [{k: v for k, v in r.items() if k != "last_frame"} for r in results]
     report = {
         "machine": machine(),
+        "notes": NOTES,
         "mode": "small" if args.small else "full",
         "seconds": round(time.monotonic() - started, 1),
         "ratios": ratios(clean),

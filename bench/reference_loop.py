@@ -8,7 +8,9 @@ the streaming engine is measured against, and an independent check of its result
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +21,11 @@ from engine.flow import flow_warp
 from engine.pipeline import StreamDiffVSR
 
 
+class Upscaled(NamedTuple):
+    frames: list[np.ndarray]  # uint8 (4H, 4W, 3)
+    stage_frames: dict[str, int]  # how many frames each timed stage ran on
+
+
 @torch.inference_mode()
 def upscale_sequence(
     engine: StreamDiffVSR,
@@ -26,8 +33,9 @@ def upscale_sequence(
     frames: Sequence[np.ndarray],
     seed: int,
     timer=None,
-) -> list[np.ndarray]:
-    """Upscale a whole sequence at once; returns uint8 (4H, 4W, 3) frames."""
+) -> Upscaled:
+    """Upscale a whole sequence at once: the frames, and how many frames each stage ran on (the
+    flow and the ControlNet skip the first frame, which has no previous one)."""
     device, dtype = engine.device, engine.dtype
     images = [
         torch.from_numpy(f).permute(2, 0, 1)[None].to(device, torch.float32) / 127.5 - 1
@@ -38,6 +46,7 @@ def upscale_sequence(
     ]
     with _stage(timer, "flow"):
         flows = [engine.flow.raft(upscaled[n], upscaled[n - 1])[-1] for n in range(1, len(frames))]
+    ran = Counter(flow=len(flows))
     generator = torch.Generator("cpu").manual_seed(seed)
     height, width = images[0].shape[-2:]
     latents = [torch.randn((1, 4, height, width), generator=generator) for _ in frames]
@@ -50,6 +59,7 @@ def upscale_sequence(
         if n > 0:
             warped = flow_warp(previous.float(), flows[n - 1]).to(dtype)
             features = engine.vae.encoder.temporal_features(warped)
+            ran["controlnet"] += 1  # guides every denoising step of this frame
         for t in scheduler.timesteps:
             model_input = torch.cat([latent.to(dtype), lr], dim=1)
             residuals = {}
@@ -76,11 +86,12 @@ def upscale_sequence(
                     **residuals,
                 )[0]
             latent = scheduler.step(v.float(), t, latent).prev_sample
+        ran.update(["unet", "vae_decode"])
         with _stage(timer, "vae_decode"):
             previous = engine.vae.decode(latent.to(dtype), features)
         pixels = ((previous.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         outputs.append(pixels[0].permute(1, 2, 0).cpu().numpy())
-    return outputs
+    return Upscaled(outputs, dict(ran))
 
 
 def _stage(timer, name: str):

@@ -33,6 +33,11 @@ def test_gpu_check_small_mode_runs_its_whole_plan(tmp_path: Path) -> None:
         assert row["stage_ms_per_step"] or row["speed"].endswith("+prefetch")
     compiled = [r for r in report["results"] if r["speed"] != "eager" and r["speed"] != "-"]
     assert all(r["warmup_s"] > 0 for r in compiled)
+    # Every engine setting reports its deviation from plain fp32 (small mode: eager is fp32).
+    for row in report["results"]:
+        if row["engine"] == "stream-diffvsr":
+            assert row["deviation"]["max"] <= (0 if row["speed"] == "eager" else 1), row
+    assert "stage_ms_per_step" in report["notes"] and "dev max" in run.stdout
     ratios = report["ratios"]
     assert "32x32 eager: frames/s gain, 2 sessions vs 1" in ratios
     assert "32x32 default(eager) vs eager: speed-up, 1 session" in ratios
