@@ -98,10 +98,14 @@ class FlowEstimator(nn.Module):
         num_updates: int = 12,
     ):
         super().__init__()
-        self.raft = raft  # torchvision's RAFT, as built (the reference loop calls it directly)
         self.stream_raft = StreamRaft(raft, num_updates)
         self.resolution = FlowResolution(resolution)
         self.scale = scale
+
+    @property
+    def raft(self) -> nn.Module:
+        """torchvision's RAFT, as built (the benchmark's reference loop calls it directly)."""
+        return self.stream_raft.raft
 
     def encode(self, lr: torch.Tensor) -> torch.Tensor:
         """RAFT's encoding of LR frames (B, 3, H, W), for the flow of the next frame."""

@@ -11,7 +11,8 @@
 - its correlation block keeps the correlation pyramid as a module attribute between calls.
 
 ``StreamRaft`` runs the same submodules (same weights, same arithmetic) as pure functions:
-``encode(image)`` once per frame, ``flow(image, features, previous_features)`` per pair.
+``encode(image)`` once per frame, then ``stream_raft(image, features, previous_features)`` per
+pair.
 """
 
 from __future__ import annotations
