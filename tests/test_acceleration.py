@@ -148,24 +148,34 @@ def test_cudnn_autotuning_is_on_for_cuda_unless_turned_off(setting, device, expe
         torch.backends.cudnn.benchmark = before
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graphs_keep_the_frames(load_tiny, clips):
-    """reduce-overhead (inductor + CUDA graphs) against eager, both bf16 on the GPU."""
-    eager = load_tiny(device="cuda", dtype="bf16")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_engines(load_tiny):
+    """bf16 on the GPU: eager, and reduce-overhead (inductor + CUDA graphs) warmed up for batches
+    of 1 and 2 (compiled once for the tests below: inductor takes a while)."""
     graphs = load_tiny(device="cuda", dtype="bf16", compile="reduce-overhead")
     graphs.warm_up([SIZE], [1, 2])
+    return {"off": load_tiny(device="cuda", dtype="bf16"), "reduce-overhead": graphs}
+
+
+@needs_cuda
+def test_cuda_graphs_keep_the_frames(cuda_engines, clips):
+    graphs, eager = cuda_engines["reduce-overhead"], cuda_engines["off"]
     assert max_difference(run_batch(graphs, clips, [5, 6]), run_batch(eager, clips, [5, 6])) <= 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 @pytest.mark.parametrize("compile_mode", ["off", "reduce-overhead"])
-def test_a_step_never_waits_for_the_gpu_until_its_frames_are_read(load_tiny, clips, compile_mode):
+def test_a_step_never_waits_for_the_gpu_until_its_frames_are_read(
+    cuda_engines, clips, compile_mode
+):
     """The server's path (YUV frames), eager and compiled, first and continuing frames: no host
     synchronisation while a step is queued (pinned uploads, no .item(), no implicit copies); the
     only wait is ``results()``, which reads the frames. (``tests/test_host_syncs.py`` checks the
     eager path without a GPU.)"""
-    eng = load_tiny(device="cuda", dtype="bf16", compile=compile_mode)
-    eng.warm_up([SIZE], [1])
+    eng = cuda_engines[compile_mode]
     states = [eng.new_session(seed=1)]
     for frame in clips[0]:  # a first frame, then continuing ones
         torch.cuda.synchronize()
