@@ -48,15 +48,23 @@ def test_bad_setting_is_one_line_and_exit_2() -> None:
     )
 
 
+def run_tiny_bench(checkpoint: Path, raft_weights: Path, out: Path, *args: str) -> int:
+    """``streamvsr bench`` in this process on the tiny checkpoint (CPU, random RAFT-small, one
+    warm-up frame), results written to ``out``."""
+    return main(
+        ["bench", "--model", str(checkpoint), "--device", "cpu", "--flow-model", "raft_small",
+         "--flow-weights", str(raft_weights), "--warmup", "1", "--in-process", "--json", str(out),
+         *args]
+    )  # fmt: skip
+
+
 def test_bench_reports_stages_and_agrees_with_reference_loop(
     tiny_checkpoint: Path, raft_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "bench.json"
-    code = main(
-        ["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--dtype", "fp32",
-         "--flow-model", "raft_small", "--flow-weights", str(raft_weights), "--size", "32x32",
-         "--frames", "4", "--warmup", "1", "--sessions", "1,2", "--baseline", "--bicubic",
-         "--in-process", "--json", str(out)]
+    code = run_tiny_bench(
+        tiny_checkpoint, raft_weights, out, "--dtype", "fp32", "--size", "32x32", "--frames", "4",
+        "--sessions", "1,2", "--baseline", "--bicubic",
     )  # fmt: skip
     assert code == 0
     table = capsys.readouterr().out
@@ -97,11 +105,9 @@ def test_bench_reports_how_far_bf16_is_from_plain_fp32(
 ) -> None:
     """bf16 is compared with a plain fp32 engine on the same frames, noise and RAFT weights."""
     out = tmp_path / "bench.json"
-    code = main(
-        ["bench", "--model", str(tiny_checkpoint), "--device", "cpu", "--dtype", "bf16",
-         "--flow-model", "raft_small", "--flow-weights", str(raft_weights), "--size", "24x16",
-         "--frames", "2", "--warmup", "1", "--in-process", "--json", str(out)]
-    )  # fmt: skip
+    code = run_tiny_bench(
+        tiny_checkpoint, raft_weights, out, "--dtype", "bf16", "--size", "24x16", "--frames", "2"
+    )
     assert code == 0
     table = capsys.readouterr().out
     [row] = json.loads(out.read_text())["results"]
