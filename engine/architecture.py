@@ -1,8 +1,9 @@
 """Component configs of the official checkpoint, and a tiny variant of the same architecture.
 
-The official values come from docs/stream-diffvsr.md (SD x4-upscaler lineage; the ControlNet from
-StableVSR; the VAE from the reference's TemporalAutoencoderTiny). They are only used to *write*
-random-weight checkpoints; loading always reads the checkpoint's own config files.
+The official values are those of the published checkpoint's config files (Jamichsu/Stream-DiffVSR:
+SD x4-upscaler lineage; the ControlNet from StableVSR; the VAE from the reference's
+TemporalAutoencoderTiny). They are only used to *write* random-weight checkpoints; loading always
+reads the checkpoint's own config files.
 """
 
 from __future__ import annotations

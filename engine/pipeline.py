@@ -3,7 +3,7 @@
 One ``StreamDiffVSR`` holds the weights; streams are ``SessionState`` objects passed in and
 returned.
 ``step`` advances any number of streams by one frame; same-size frames share one batch. For each
-frame (see docs: the per-frame algorithm):
+frame (the reference implementation's per-frame algorithm):
 
 1. flow from this LR frame to the previous one (RAFT), warp the previous HR output with it;
 2. encode the warped image into temporal features (VAE encoder blocks);

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,15 +51,6 @@ class _Stream:
     pending: Pending | None = None
     waiting_since: float = 0.0
     busy: bool = False  # a frame of this stream is in the engine now
-
-
-@dataclass
-class SchedulerStats:
-    """Counters the worker keeps for metrics (read from the event loop)."""
-
-    dropped_stale: int = 0
-    steps: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class FrameScheduler:
@@ -123,10 +114,6 @@ class FrameScheduler:
                 stream.waiting_since = pending.received_at
             stream.pending = pending
             self._cond.notify()
-
-    @property
-    def stream_count(self) -> int:
-        return len(self._streams)
 
     # --- the worker thread ------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The temporal tiny autoencoder: exact checkpoint layout, strict loading, decoder temporal path,
-and the temporal block formula of the spec (docs/stream-diffvsr.md, section 2)."""
+and the temporal block formula of the reference implementation's TemporalAutoencoderTiny."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from engine.architecture import vae_config
 from engine.loading import load_vae
 from engine.vae import TemporalAutoencoderTiny, TemporalBlock
 
-# A copy of docs/vae_state_dict.json: keys and shapes derived from the reference implementation.
+# Keys and shapes of the reference implementation's VAE state dict (the team's model notes).
 SPEC = json.loads((Path(__file__).parent / "data" / "vae_state_dict.json").read_text())
 
 # Decoder layers that are temporal blocks, and the encoder layers whose outputs feed them (spec).
