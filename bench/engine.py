@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +148,7 @@ class StepClock:
         self.wall: list[float] = []
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
-    @contextmanager
+    @contextlib.contextmanager
     def step(self) -> Iterator[None]:
         events = None
         if self._stream is not None:
