@@ -34,15 +34,17 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the code. Installed in place (editable, no dependencies): the server finds web/ and
-# configs/default.yaml beside its packages.
+# Then the code, installed as a regular package (not editable): the page (web/) and the default
+# settings (configs/default.yaml) ship inside it as package data.
 COPY README.md ./
+COPY streamvsr ./streamvsr
 COPY engine ./engine
 COPY server ./server
 COPY bench ./bench
 COPY configs ./configs
 COPY web ./web
-RUN pip install --no-cache-dir --no-deps -e .
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf /app/build
 
 USER 10001:10001
 VOLUME ["/cache"]

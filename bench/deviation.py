@@ -52,12 +52,12 @@ def is_plain(engine, case) -> bool:
 def deviation_from_plain(engine, case) -> dict[str, Any]:
     """The deviation of ``engine`` (loaded for ``case``) from a plain engine loaded alongside, on
     one session of the first ``case.deviation_frames`` frames of session 0's clip."""
-    from engine import load_engine
+    from streamvsr.engine import load_engine
 
     count = min(case.frames, case.deviation_frames)
     if is_plain(engine, case):
         return {"max": 0, "mean": 0.0, "psnr_db": math.inf, "frames": count, "plain": True}
-    from .engine import clip_frames
+    from .engine_speed import clip_frames
 
     clip = clip_frames(case, 0)[:count]
     if (1, case.height, case.width) not in engine.warm_shapes:  # compiled: run it as measured
@@ -77,9 +77,9 @@ def deviation_from_plain(engine, case) -> dict[str, Any]:
 
 def upscale_clip(engine, clip: Sequence[np.ndarray], seed: int, prefetch: bool = False):
     """One session through ``clip``, stepped as the benchmark steps it: uint8 HR frames."""
-    from server.upscale.pipelined import Stream
+    from streamvsr.engine.lookahead import Stream
 
-    from .engine import step_streams
+    from .engine_speed import step_streams
 
     stream = Stream.start(engine, enumerate(clip), seed)
     return [step_streams(engine, [stream], prefetch)[0].numpy() for _ in clip]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .engine import (
+from .engine_speed import (
     NOTES,
     Case,
     add_event,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     config = SMALL if args.small else FULL
 
-    from engine import write_random_checkpoint
+    from streamvsr.engine import write_random_checkpoint
 
     model = write_random_checkpoint(
         Path(tempfile.mkdtemp()) / "ckpt", size=config["checkpoint"], seed=0

@@ -25,8 +25,8 @@ report() { echo "gpu_check: $1" >&2; problems+=("$1"); }
 if [ "${1:-}" != --small ] && python3 -c "import pytest" 2>/dev/null; then
   # The tests that need CUDA (no host syncs in a step, CUDA graphs agree, event timing, pinned
   # transfers, RAFT); they are skipped on CPU machines. No -x: one failure must not hide the rest.
-  tests=(tests/test_acceleration.py tests/test_timing.py)
-  for optional in tests/test_raft.py tests/test_host_syncs.py; do
+  tests=(tests/engine/test_acceleration.py tests/engine/test_timing.py)
+  for optional in tests/engine/test_raft.py tests/engine/test_host_syncs.py; do
     if [ -f "$optional" ]; then tests+=("$optional"); fi
   done
   echo "CUDA tests (${TEST_BUDGET} s at most): ${tests[*]}"
@@ -44,7 +44,7 @@ bench_budget=$((TOTAL_BUDGET - SECONDS - 10))  # 10 s for the script's own start
 if [ "$bench_budget" -lt 60 ]; then bench_budget=60; fi
 echo "benchmark budget: ${bench_budget} s"
 bench_status=0
-python3 -m bench.gpu_check --out "${OUT:-.}" --budget "$bench_budget" "$@" || bench_status=$?
+python3 -m streamvsr.bench.gpu_check --out "${OUT:-.}" --budget "$bench_budget" "$@" || bench_status=$?
 if [ "$bench_status" -ne 0 ]; then
   report "the benchmark step failed (exit code $bench_status)"
   status=$bench_status

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from engine.flow import flow_warp
-from engine.pipeline import StreamDiffVSR
+from streamvsr.engine.flow import flow_warp
+from streamvsr.engine.stream_diffvsr import StreamDiffVSR
 
 
 class Upscaled(NamedTuple):
@@ -95,6 +95,6 @@ def upscale_sequence(
 
 
 def _stage(timer, name: str):
-    from engine.timing import NO_TIMER
+    from streamvsr.engine.timing import NO_TIMER
 
     return (timer or NO_TIMER).stage(name)

@@ -24,7 +24,7 @@ import psutil
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.ice import restrict_host_addresses
+from streamvsr.server.ice import restrict_host_addresses
 
 from .frames import moving_frames
 
@@ -182,7 +182,7 @@ def run(
     restrict_host_addresses(["127.0.0.1"])  # the clients, like the server, stay on loopback
     port = free_port()
     env = {**os.environ, **(env or {}), "STREAMVSR_SERVER__ICE_HOST_ADDRESSES": "127.0.0.1"}
-    command = [sys.executable, "-m", "server", "serve", "--port", str(port), "--max-sessions",
+    command = [sys.executable, "-m", "streamvsr", "serve", "--port", str(port), "--max-sessions",
                str(max_streams + 1), *engine_args]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -10,9 +10,9 @@ from .base import Engine, FrameRequest, FrameResult
 from .bicubic import BicubicEngine
 from .errors import CheckpointError, DeviceError, EngineError
 from .loading import EngineOptions, download, load_engine
-from .pipeline import StreamDiffVSR
 from .random_checkpoint import write_random_checkpoint
 from .state import SessionState
+from .stream_diffvsr import StreamDiffVSR
 from .timing import StageTimer
 
 __all__ = [

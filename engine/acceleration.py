@@ -2,7 +2,7 @@
 ``torch.compile``.
 
 Each is an option of ``load_engine`` and each keeps the results of the plain fp32 path (within
-float tolerance; ``tests/test_acceleration.py``).
+float tolerance; ``tests/engine/test_acceleration.py``).
 
 Compiled networks have static frame sizes: one graph per frame size (and per batch of one or of
 more). Compiling takes seconds to minutes, so it never happens inside a request:

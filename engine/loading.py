@@ -25,8 +25,8 @@ from .device import check_attention, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .flow import FlowEstimator, FlowResolution, build_raft
 from .networks import check_controlnet_config
-from .pipeline import StreamDiffVSR
 from .sampler import DDIMSampler
+from .stream_diffvsr import StreamDiffVSR
 from .vae import TemporalAutoencoderTiny
 from .weights import read_state_dict
 

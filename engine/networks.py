@@ -4,7 +4,7 @@ diffusers' ``ControlNetModel.forward`` embeds its conditioning image on every ca
 denoising step, although the image (the warped previous output, at HR size) is the same for all
 steps of a frame. ``NoisePredictor`` splits that out: ``embed_condition`` runs once per frame and
 ``forward`` (ControlNet residuals + UNet) runs once per step on the embedding. Outside that, the
-ControlNet computation is the one of diffusers (checked by ``tests/test_pipeline.py``).
+ControlNet computation is the one of diffusers (checked by ``tests/engine/test_stream_diffvsr.py``).
 
 Only the ControlNet configurations Stream-DiffVSR uses are supported (no class or additional
 embeddings, no global pooling); ``check_controlnet_config`` says so at load time.

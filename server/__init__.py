@@ -1,1 +1,1 @@
-"""streamvsr's application layer: settings and the command line (the WebRTC server builds on it)."""
+"""The real-time WebRTC server: the page's offer/answer, WHIP ingest, WHEP playback, metrics."""

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine import FrameRequest
+from streamvsr.config import Settings
+from streamvsr.engine import FrameRequest
+from streamvsr.engines import EngineChoice, create_engine
 
-from . import encoding
-from .config import Settings
-from .engines import EngineChoice, create_engine
+from . import encoders
 from .http import RUNTIME
 from .ice import bind_udp_port_range, restrict_host_addresses, rtc_configuration
 from .metrics import Metrics
@@ -29,7 +30,7 @@ from .whip_whep import SETTINGS, add_routes
 
 log = logging.getLogger(__name__)
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT = Path(str(resources.files("streamvsr.web")))  # the page, shipped as package data
 METRICS = web.AppKey("metrics", Metrics)
 STARTUP = web.AppKey("startup", asyncio.Task)
 STATUS = web.AppKey("status", dict)
@@ -53,11 +54,11 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
         app.router.add_get("/", index)
         app.router.add_static("/static/", WEB_ROOT)
     app.on_response_prepare.append(_cors_on_errors)
-    h264_codec = encoding.select_h264_encoder(settings.server.h264_encoder)  # ConfigError: no NVENC
+    h264_codec = encoders.select_h264_encoder(settings.server.h264_encoder)  # ConfigError: no NVENC
 
     async def start(app: web.Application) -> None:
-        encoding.install(
-            encoding.EncoderSettings(
+        encoders.install(
+            encoders.EncoderSettings(
                 settings.server.x264_preset, settings.server.min_bitrate,
                 settings.server.start_bitrate, settings.server.max_bitrate, h264_codec,
             ),

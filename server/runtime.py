@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration
 
-from .config import ServerSettings
-from .engines import EngineChoice
+from streamvsr.config import ServerSettings
+from streamvsr.engines import EngineChoice
+
 from .metrics import Metrics
 from .scheduler import FrameScheduler
 from .sessions import SessionRegistry

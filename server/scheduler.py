@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import Engine, FrameRequest, SessionState
-from engine.timing import stage_timer
+from streamvsr.engine import Engine, FrameRequest, SessionState
+from streamvsr.engine.timing import stage_timer
 
 log = logging.getLogger(__name__)
 

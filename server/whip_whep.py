@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .config import ServerSettings
+from streamvsr.config import ServerSettings
+
 from .http import RUNTIME, check_bearer, cors_headers, require_content_type, runtime_of
 from .ice import link_headers
 from .peers import open_publisher, open_viewer

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torchvision.models.optical_flow import raft_small
 
-import engine
-from engine import FrameRequest, SessionState
+from streamvsr import engine
+from streamvsr.engine import FrameRequest, SessionState
 
 # Small models on a small shared machine: one intra-op thread is much faster than two threads that
 # spin against other processes (a 64-channel VAE decode measured 4 ms vs 460 ms). Override with
@@ -39,7 +39,7 @@ def _quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    logging.getLogger("engine").setLevel(logging.WARNING)
+    logging.getLogger("streamvsr.engine").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
 
 

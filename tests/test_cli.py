@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
+from streamvsr.cli import main
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "streamvsr", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -171,7 +171,7 @@ def test_serve_speaks_https_with_a_certificate(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--engine", "bicubic", "--device", "cpu",
+        [sys.executable, "-m", "streamvsr", "serve", "--engine", "bicubic", "--device", "cpu",
          "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -203,8 +203,8 @@ def test_serve_refuses_to_start_without_the_asked_for_model(tmp_path: Path) -> N
 
 
 def test_bench_encode_measures_the_servers_encoders() -> None:
-    from bench.encoding import measure
-    from server.encoding import EncoderSettings
+    from streamvsr.bench.encoder_speed import measure
+    from streamvsr.server.encoders import EncoderSettings
 
     for codec in ("h264", "vp8"):
         result = measure(codec, "720p", 3, EncoderSettings(x264_preset="ultrafast"))

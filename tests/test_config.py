@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import ConfigError, EngineSettings, load_settings
+from streamvsr.config import ConfigError, EngineSettings, load_settings
 
 
 def test_defaults_come_from_the_shipped_yaml() -> None:
@@ -57,7 +57,7 @@ def test_bad_files_are_reported(tmp_path) -> None:
 def test_engine_options_fit_load_engine() -> None:
     import inspect
 
-    from engine.loading import EngineOptions
+    from streamvsr.engine.loading import EngineOptions
 
     options = EngineSettings().engine_options()
     assert set(options) == set(inspect.signature(EngineOptions).parameters)

@@ -35,7 +35,7 @@ import aioice.ice
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from webrtc_peers import (
+from support.webrtc import (
     LOOPBACK,
     SyntheticVideo,
     loopback_hosts,
@@ -45,7 +45,7 @@ from webrtc_peers import (
     wait_until,
 )
 
-from engine import BicubicEngine
+from streamvsr.engine import BicubicEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "configs" / "prometheus"

@@ -1,0 +1,1 @@
+"""Settings files: ``default.yaml`` ships as package data (read by ``streamvsr.config``)."""

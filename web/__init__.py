@@ -1,0 +1,1 @@
+"""The browser page, shipped as package data (served by ``streamvsr.server.app``)."""
