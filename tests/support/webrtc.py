@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamvsr.config import load_settings
 from streamvsr.server.app import create_app
-from streamvsr.server.engines import EngineChoice
+from streamvsr.engines import EngineChoice
 
 LOOPBACK = "127.0.0.1"
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
