@@ -37,8 +37,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamvsr.config import load_settings
-from streamvsr.server.app import create_app
 from streamvsr.engines import EngineChoice
+from streamvsr.server.app import create_app
 
 LOOPBACK = "127.0.0.1"
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
