@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 
 from .http import require_content_type, runtime_of
-from .peers import open_publisher
+from .peers import open_browser
 from .problems import Problem
 
 
@@ -24,7 +24,7 @@ async def post_offer(request: web.Request) -> web.Response:
         or not isinstance(body.get("sdp"), str)
     ):
         raise Problem(400, "Bad offer", 'expected {"type": "offer", "sdp": "..."}')
-    session, answer = await open_publisher(rt, "browser", body["sdp"])
+    session, answer = await open_browser(rt, body["sdp"])
     return web.json_response(
         {
             "type": "answer",

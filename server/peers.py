@@ -1,87 +1,73 @@
-"""Negotiating peer connections: publishers (browser, WHIP) and viewers (WHEP)."""
+"""Negotiating peer connections: the browser page and WHIP publishers (upscaled by the engine),
+and WHEP viewers."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.contrib.media import MediaBlackhole
 from aiortc.exceptions import OperationError
 
-from .fanout import Fanout
 from .ice import advertise_public_ip
 from .problems import Problem
+from .publisher import Publisher
 from .runtime import Runtime
 from .sdp import check_publish_offer, check_view_offer, describe_codecs
-from .sessions import Session
-from .tracks import UpscaledTrack, deliver_to, pump_video
-
-log = logging.getLogger(__name__)
+from .sessions import BrowserSession, PeerSession, UpscaledSession, WhepSession, WhipSession
+from .tracks import deliver_to, pump_video
 
 
-async def open_publisher(
-    rt: Runtime, kind: str, offer: str, stream: str | None = None
-) -> tuple[Session, str]:
-    """A session whose video the engine upscales; returns it and the SDP answer."""
+async def open_browser(rt: Runtime, offer: str) -> tuple[BrowserSession, str]:
+    """The page's session; returns it and the SDP answer."""
     check_publish_offer(offer)
-    with rt.registry.reservation(publishing=stream if kind == "whip" else None):
-        return await _open_publisher(rt, kind, offer, stream)
+    with rt.registry.reservation():
+        session = BrowserSession(RTCPeerConnection(rt.rtc_config), Publisher(rt.metrics))
+        # The upscaled video goes back on the offer's video section.
+        _add_sender(session.pc, session.output, "sendrecv", rt.settings.video_codec)
+        return session, await _open_upscaled(rt, session, offer)
 
 
-async def _open_publisher(rt: Runtime, kind: str, offer: str, stream: str | None):
-    session = Session(kind, RTCPeerConnection(rt.rtc_config), stream)
-    if kind == "browser":  # the upscaled video goes back on the offer's video section
-        session.outputs.append(UpscaledTrack(rt.metrics))
-        _add_sender(session.pc, session.outputs[0], "sendrecv", rt.settings.video_codec)
-    rt.scheduler.add_stream(session.id, deliver_to(session.outputs, rt.metrics), rt.next_seed())
+async def open_whip(rt: Runtime, stream: str, offer: str) -> tuple[WhipSession, str]:
+    """A WHIP publisher of ``stream``; returns it and the SDP answer."""
+    check_publish_offer(offer)
+    with rt.registry.reservation(publishing=stream):
+        session = WhipSession(RTCPeerConnection(rt.rtc_config), Publisher(rt.metrics), stream)
+        return session, await _open_upscaled(rt, session, offer)
+
+
+async def _open_upscaled(rt: Runtime, session: UpscaledSession, offer: str) -> str:
+    rt.scheduler.add_source(session.id, deliver_to(session.publisher, rt.metrics), rt.next_seed())
 
     @session.pc.on("track")
     def on_track(track) -> None:
-        if track.kind == "video":
-            pump = pump_video(
-                track, session.id, rt.scheduler, rt.metrics, rt.input_limits,
-                rt.settings.idle_timeout_s, lambda reason: rt.registry.close(session, reason),
-            )  # fmt: skip
-            session.tasks.append(asyncio.create_task(pump))
-        elif kind == "whip":
-            session.audio = Fanout(track)
-            session.tasks.append(asyncio.create_task(session.audio.run()))
-        else:  # a browser's audio is not sent back; it is read so that it does not pile up
-            sink = MediaBlackhole()
-            sink.addTrack(track)
-            session.tasks.append(asyncio.create_task(sink.start()))
+        if track.kind != "video":
+            session.receive_audio(track)
+            return
+        pump = pump_video(
+            track, session.id, rt.scheduler, rt.metrics, rt.input_limits,
+            rt.settings.idle_timeout_s, lambda reason: rt.registry.close(session, reason),
+        )  # fmt: skip
+        session.tasks.append(asyncio.create_task(pump))
 
-    return session, await _answer(rt, session, offer)
+    return await _answer(rt, session, offer)
 
 
-async def open_viewer(rt: Runtime, stream: str, offer: str) -> tuple[Session, str]:
+async def open_whep(rt: Runtime, stream: str, offer: str) -> tuple[WhepSession, str]:
     """A WHEP viewer of a live WHIP stream: its upscaled video and its audio."""
     check_view_offer(offer)
-    publisher = rt.registry.publisher(stream)
-    if publisher is None:
+    source = rt.registry.source_of(stream)
+    if source is None:
         raise Problem(
             409, "Stream not live", f"stream {stream!r} has no publisher", {"Retry-After": "5"}
         )
     with rt.registry.reservation():
-        return await _open_viewer(rt, publisher, offer)
+        session = WhepSession(RTCPeerConnection(rt.rtc_config), source)
+        for track in session.tracks:
+            _add_sender(session.pc, track, "sendonly", rt.settings.video_codec)
+        return session, await _answer(rt, session, offer)
 
 
-async def _open_viewer(rt: Runtime, publisher: Session, offer: str) -> tuple[Session, str]:
-    session = Session("whep", RTCPeerConnection(rt.rtc_config), publisher.stream)
-    session.publisher = publisher
-    video = UpscaledTrack(rt.metrics)
-    session.tracks.append(video)
-    if publisher.audio is not None:
-        session.tracks.append(publisher.audio.subscribe())
-    for track in session.tracks:
-        _add_sender(session.pc, track, "sendonly", rt.settings.video_codec)
-    answer = await _answer(rt, session, offer)
-    publisher.outputs.append(video)
-    return session, answer
-
-
-async def _answer(rt: Runtime, session: Session, offer: str) -> str:
+async def _answer(rt: Runtime, session: PeerSession, offer: str) -> str:
     """Apply the offer, answer it and register the session; on any failure undo everything."""
     pc = session.pc
 
@@ -102,10 +88,12 @@ async def _answer(rt: Runtime, session: Session, offer: str) -> str:
         except Exception as exc:  # a malformed offer: aiortc's parser raises various types
             raise Problem(400, "Unusable SDP offer", str(exc) or type(exc).__name__) from exc
         await pc.setLocalDescription(await pc.createAnswer())
-        rt.registry.add(session)
     except BaseException:
         await rt.registry.close(session, "negotiation failed")
         raise
+    if session.closed:  # a viewer whose stream ended meanwhile
+        raise Problem(409, "Stream not live", f"{session} ended while it was negotiated")
+    rt.registry.add(session)
     return advertise_public_ip(pc.localDescription.sdp, rt.settings.public_ip)
 
 

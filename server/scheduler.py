@@ -1,8 +1,9 @@
-"""The GPU worker: one thread that advances every live stream with batched engine steps.
+"""The GPU worker: one thread that advances every live source (a page's camera, a WHIP stream) with
+batched engine steps.
 
-Each stream has a one-frame mailbox. A new frame replaces an unprocessed one (newest wins; the old
+Each source has a one-frame mailbox. A new frame replaces an unprocessed one (newest wins; the old
 one is counted as dropped), so however slow the engine is, a frame waits at most about one engine
-step. At each tick the worker takes the waiting frame of up to ``max_batch`` streams (those waiting
+step. At each tick the worker takes the waiting frame of up to ``max_batch`` sources (those waiting
 longest first), runs one ``engine.step`` on them, and hands each result back to the event loop.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamvsr.engine import Engine, FrameRequest, SessionState
+from streamvsr.engine import Engine, FrameRequest, PixelFormat, SessionState
 from streamvsr.engine.timing import stage_timer
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,22 @@ class Pending:
 
 @dataclass
 class Processed:
-    frame: Any  # uint8 (4H, 4W, 3) tensor
+    frame: Any  # uint8 tensor: (4H, 4W, 3) RGB or (6H, 4W) YUV planes, as pixel_format says
     received_at: float
     context: Any
     queue_wait: float
     step_time: float
     batch_size: int
+    pixel_format: PixelFormat = PixelFormat.RGB24
 
 
 @dataclass
-class _Stream:
+class _Source:
     state: SessionState
     deliver: Callable[[Processed], None]  # called on the event loop
     pending: Pending | None = None
     waiting_since: float = 0.0
-    busy: bool = False  # a frame of this stream is in the engine now
+    busy: bool = False  # a frame of this source is in the engine now
 
 
 class FrameScheduler:
@@ -69,7 +71,7 @@ class FrameScheduler:
         self.max_wait = max_wait_ms / 1000
         self.on_step = on_step or (lambda *_: None)
         self.on_drop = on_drop or (lambda reason: None)
-        self._streams: dict[str, _Stream] = {}
+        self._sources: dict[str, _Source] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="streamvsr-gpu", daemon=True)
@@ -78,7 +80,7 @@ class FrameScheduler:
         # Encoders take YUV 4:2:0: a GPU converts it in no time (and downloads half the bytes);
         # on a CPU the encoder's own conversion is faster than torch's.
         on_gpu = getattr(engine, "device", torch.device("cpu")).type == "cuda"
-        self._pixel_format = "yuv420p" if on_gpu else "rgb24"
+        self._pixel_format = PixelFormat.YUV420P if on_gpu else PixelFormat.RGB24
 
     def start(self) -> None:
         self._thread.start()
@@ -92,27 +94,27 @@ class FrameScheduler:
 
     # --- called from the event loop ---------------------------------------------------------
 
-    def add_stream(self, key: str, deliver: Callable[[Processed], None], seed: int | None) -> None:
+    def add_source(self, key: str, deliver: Callable[[Processed], None], seed: int | None) -> None:
         with self._cond:
-            self._streams[key] = _Stream(self.engine.new_session(seed), deliver)
+            self._sources[key] = _Source(self.engine.new_session(seed), deliver)
 
-    def remove_stream(self, key: str) -> None:
+    def remove_source(self, key: str) -> None:
         with self._cond:
-            stream = self._streams.pop(key, None)
-        if stream is not None and stream.pending is not None:
+            source = self._sources.pop(key, None)
+        if source is not None and source.pending is not None:
             self.on_drop("session_closed")
 
     def submit(self, key: str, pending: Pending) -> None:
-        """Offer a frame of stream ``key``; an older frame still waiting is dropped."""
+        """Offer a frame of source ``key``; an older frame still waiting is dropped."""
         with self._cond:
-            stream = self._streams.get(key)
-            if stream is None:
+            source = self._sources.get(key)
+            if source is None:
                 return
-            if stream.pending is not None:
+            if source.pending is not None:
                 self.on_drop("stale")
             else:
-                stream.waiting_since = pending.received_at
-            stream.pending = pending
+                source.waiting_since = pending.received_at
+            source.pending = pending
             self._cond.notify()
 
     # --- the worker thread ------------------------------------------------------------------
@@ -124,55 +126,55 @@ class FrameScheduler:
                 return
             try:
                 self._step(batch)
-            except Exception:  # one bad step must not stop every stream
+            except Exception:  # one bad step must not stop every source
                 log.exception("engine step failed for %d frame(s); they are dropped", len(batch))
                 for _ in batch:
                     self.on_drop("engine_error")
             finally:
                 with self._cond:
                     for key, _, _ in batch:
-                        if key in self._streams:
-                            self._streams[key].busy = False
+                        if key in self._sources:
+                            self._sources[key].busy = False
 
     def _ready(self) -> list[tuple[float, str]]:
         return sorted(
             (s.waiting_since, k)
-            for k, s in self._streams.items()
+            for k, s in self._sources.items()
             if s.pending is not None and not s.busy
         )
 
-    def _next_batch(self) -> list[tuple[str, _Stream, Pending]] | None:
+    def _next_batch(self) -> list[tuple[str, _Source, Pending]] | None:
         with self._cond:
             while not self._stopping and not self._ready():
                 self._cond.wait()
             if self._stopping:
                 return None
             if self.max_wait > 0 and len(self._ready()) < self.max_batch:
-                # Give other streams a moment to join this step (better batching, more latency).
+                # Give other sources a moment to join this step (better batching, more latency).
                 self._cond.wait_for(
                     lambda: self._stopping or len(self._ready()) >= self.max_batch, self.max_wait
                 )
             batch = []
             for _, key in self._ready()[: self.max_batch]:
-                stream = self._streams[key]
-                batch.append((key, stream, stream.pending))
-                stream.pending, stream.busy = None, True
+                source = self._sources[key]
+                batch.append((key, source, source.pending))
+                source.pending, source.busy = None, True
             return batch
 
-    def _step(self, batch: list[tuple[str, _Stream, Pending]]) -> None:
+    def _step(self, batch: list[tuple[str, _Source, Pending]]) -> None:
         started = time.monotonic()
-        requests = [FrameRequest(stream.state, pending.frame) for _, stream, pending in batch]
+        requests = [FrameRequest(source.state, pending.frame) for _, source, pending in batch]
         results = self.engine.step(requests, timer=self._timer, pixel_format=self._pixel_format)
         step_time = time.monotonic() - started
         self.on_step(len(batch), step_time, self._timer.reset())
-        for (key, stream, pending), result in zip(batch, results):
+        for (key, source, pending), result in zip(batch, results):
             with self._cond:
-                if self._streams.get(key) is not stream:
-                    continue  # the stream closed while its frame was in the engine
-                stream.state = result.state
+                if self._sources.get(key) is not source:
+                    continue  # the source closed while its frame was in the engine
+                source.state = result.state
             processed = Processed(
                 result.frame, pending.received_at, pending.context,
                 queue_wait=started - pending.received_at, step_time=step_time,
-                batch_size=len(batch),
+                batch_size=len(batch), pixel_format=result.pixel_format,
             )  # fmt: skip
-            self.loop.call_soon_threadsafe(stream.deliver, processed)
+            self.loop.call_soon_threadsafe(source.deliver, processed)

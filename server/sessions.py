@@ -1,4 +1,5 @@
-"""Sessions: one per peer connection, with its media tasks, and the registry that limits them."""
+"""Sessions, one per peer connection (a browser page, a WHIP publisher or a WHEP viewer), and the
+registry that limits them."""
 
 from __future__ import annotations
 
@@ -7,43 +8,130 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 from aiortc import RTCPeerConnection
+from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamTrack
 
-from .fanout import Fanout
 from .metrics import Metrics
 from .problems import Problem
+from .publisher import Publisher
 from .scheduler import FrameScheduler
-from .tracks import UpscaledTrack
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class Session:
-    """A peer connection: a browser or WHIP publisher (upscaled by the engine) or a WHEP viewer."""
+class PeerSession:
+    """A peer connection and the tasks that move its media."""
 
-    kind: str  # browser | whip | whep
-    pc: RTCPeerConnection
-    stream: str | None = None  # WHIP/WHEP stream name
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # Upscaled video goes to these tracks: the browser's own, or each WHEP viewer's.
-    outputs: list[UpscaledTrack] = field(default_factory=list)
-    audio: Fanout | None = None  # a WHIP publisher's audio, copied to its viewers
-    publisher: Session | None = None  # a WHEP viewer's publisher
-    tracks: list[MediaStreamTrack] = field(default_factory=list)  # a viewer's outgoing tracks
-    tasks: list[asyncio.Task] = field(default_factory=list)
-    closed: bool = False
+    kind: ClassVar[str]  # the label of its metrics and its name in the logs
+
+    def __init__(self, pc: RTCPeerConnection):
+        self.pc = pc
+        self.id = uuid.uuid4().hex
+        self.tasks: list[asyncio.Task] = []
+        self.closed = False
+
+    def __str__(self) -> str:
+        return f"{self.kind} session {self.id}"
+
+    def dependents(self) -> list[PeerSession]:
+        """Sessions that end with this one."""
+        return []
+
+    async def close(self) -> None:
+        """End the media and the connection (once, from the registry)."""
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:  # the task that closes it ends by itself
+                task.cancel()
+        await self.pc.close()
+
+
+class UpscaledSession(PeerSession):
+    """A peer whose video the engine upscales; its publisher sends the result on."""
+
+    def __init__(self, pc: RTCPeerConnection, publisher: Publisher):
+        super().__init__(pc)
+        self.publisher = publisher
+
+    def receive_audio(self, track: MediaStreamTrack) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self.publisher.stop()
+        await super().close()
+
+
+class BrowserSession(UpscaledSession):
+    """The page: its video comes back upscaled on its own connection."""
+
+    kind = "browser"
+
+    def __init__(self, pc: RTCPeerConnection, publisher: Publisher):
+        super().__init__(pc, publisher)
+        [self.output] = publisher.subscribe()
+
+    def receive_audio(self, track: MediaStreamTrack) -> None:
+        """Not sent back; read so that it does not pile up."""
+        sink = MediaBlackhole()
+        sink.addTrack(track)
+        self.tasks.append(asyncio.create_task(sink.start()))
+
+
+class WhipSession(UpscaledSession):
+    """A WHIP publisher of a named stream, upscaled for its WHEP viewers with its audio."""
+
+    kind = "whip"
+
+    def __init__(self, pc: RTCPeerConnection, publisher: Publisher, stream: str):
+        super().__init__(pc, publisher)
+        self.stream = stream
+        self.viewers: set[WhepSession] = set()
+
+    def __str__(self) -> str:
+        return f"{self.kind} session {self.id} of stream {self.stream!r}"
+
+    def receive_audio(self, track: MediaStreamTrack) -> None:
+        self.publisher.publish_audio(track)
+
+    def dependents(self) -> list[PeerSession]:
+        return list(self.viewers)
+
+
+class WhepSession(PeerSession):
+    """A WHEP viewer of a WHIP stream: its subscription to the stream's publisher."""
+
+    kind = "whep"
+
+    def __init__(self, pc: RTCPeerConnection, source: WhipSession):
+        super().__init__(pc)
+        self.source = source
+        self.tracks = source.publisher.subscribe()
+        source.viewers.add(self)
+
+    @property
+    def stream(self) -> str:
+        return self.source.stream
+
+    def __str__(self) -> str:
+        return f"{self.kind} session {self.id} of stream {self.stream!r}"
+
+    async def close(self) -> None:
+        self.source.viewers.discard(self)
+        self.source.publisher.unsubscribe(self.tracks)
+        await super().close()
 
 
 class SessionRegistry:
+    """The open sessions: at most ``max_sessions``, counted by kind in the sessions gauge."""
+
     def __init__(self, max_sessions: int, scheduler: FrameScheduler, metrics: Metrics):
         self.max_sessions = max_sessions
         self.scheduler = scheduler
         self.metrics = metrics
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, PeerSession] = {}
         self._pending = 0  # sessions being negotiated (counted against the limit)
         self._claimed: set[str] = set()  # streams whose publisher is being negotiated
 
@@ -55,7 +143,7 @@ class SessionRegistry:
         """Hold a place for a session while it is negotiated (503 when the server is full) and,
         for a publisher, its stream name (409 when the stream has one or is being claimed)."""
         if publishing is not None and (
-            publishing in self._claimed or self.publisher(publishing) is not None
+            publishing in self._claimed or self.source_of(publishing) is not None
         ):
             raise Problem(409, "Stream already published", f"stream {publishing!r} has a publisher")
         self._reserve()
@@ -77,47 +165,32 @@ class SessionRegistry:
             )  # fmt: skip
         self._pending += 1
 
-    def add(self, session: Session) -> None:
+    def add(self, session: PeerSession) -> None:
         self._sessions[session.id] = session
         self.metrics.sessions.labels(session.kind).inc()
-        log.info("session %s (%s%s) opened", session.id, session.kind,
-                 f" {session.stream}" if session.stream else "")  # fmt: skip
+        log.info("%s opened", session)
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str) -> PeerSession | None:
         return self._sessions.get(session_id)
 
-    def publisher(self, stream: str) -> Session | None:
-        return next(
-            (s for s in self._sessions.values() if s.kind == "whip" and s.stream == stream), None
-        )
+    def source_of(self, stream: str) -> WhipSession | None:
+        """The WHIP session that publishes ``stream``, if it is live."""
+        for session in self._sessions.values():
+            if isinstance(session, WhipSession) and session.stream == stream:
+                return session
+        return None
 
-    def viewers(self, stream: str) -> list[Session]:
-        return [s for s in self._sessions.values() if s.kind == "whep" and s.stream == stream]
-
-    async def close(self, session: Session, reason: str = "closed") -> None:
+    async def close(self, session: PeerSession, reason: str = "closed") -> None:
         if session.closed:
             return
         session.closed = True
         if self._sessions.pop(session.id, None) is not None:
             self.metrics.sessions.labels(session.kind).dec()
-        log.info("session %s (%s) closed: %s", session.id, session.kind, reason)
-        self.scheduler.remove_stream(session.id)
-        current = asyncio.current_task()
-        for task in session.tasks:
-            if task is not current:
-                task.cancel()
-        if session.publisher is not None:  # a viewer leaves its publisher's fan-out
-            for track in session.tracks:
-                if track in session.publisher.outputs:
-                    session.publisher.outputs.remove(track)
-                if session.publisher.audio is not None:
-                    session.publisher.audio.unsubscribe(track)
-        for track in session.outputs + session.tracks:
-            track.stop()
-        await session.pc.close()
-        if session.kind == "whip" and session.stream is not None:
-            for viewer in self.viewers(session.stream):
-                await self.close(viewer, "the stream's publisher left")
+        log.info("%s closed: %s", session, reason)
+        self.scheduler.remove_source(session.id)
+        await session.close()
+        for dependent in session.dependents():
+            await self.close(dependent, f"{session} closed")
 
     async def close_all(self) -> None:
         await asyncio.gather(

@@ -7,12 +7,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .metrics import Metrics
 from .scheduler import FrameScheduler, Pending, Processed
+
+if TYPE_CHECKING:
+    from .publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +71,16 @@ class UpscaledTrack(MediaStreamTrack):
         self._ready.set()  # wake a waiting recv() so that it ends
 
 
-def deliver_to(outputs: list[UpscaledTrack], metrics: Metrics) -> Callable[[Processed], None]:
-    """The scheduler's callback for one session: hand the HR frame to each of its output tracks
-    (one for a browser; one per WHEP viewer for a WHIP stream, a list that changes as they come
-    and go)."""
+def deliver_to(publisher: Publisher, metrics: Metrics) -> Callable[[Processed], None]:
+    """The scheduler's callback for one session: hand the HR frame to each of the publisher's
+    current output tracks (the browser's own; one per WHEP viewer of a WHIP stream)."""
 
     def deliver(result: Processed) -> None:
         metrics.queue_wait.observe(result.queue_wait)
         pixels = result.frame.numpy()
-        pixel_format = "yuv420p" if pixels.ndim == 2 else "rgb24"  # planes from a GPU engine
-        for track in outputs:
+        for track in publisher.outputs:
             # A frame each: encoders run in threads and set fields on the frame they encode.
-            frame = av.VideoFrame.from_ndarray(pixels, format=pixel_format)
+            frame = av.VideoFrame.from_ndarray(pixels, format=result.pixel_format.value)
             frame.pts, frame.time_base = result.context  # keep the input frame's timestamp
             track.put(frame, result.received_at)
 
