@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from streamvsr.config import EngineSettings
+from streamvsr.config import EngineSettings, environment
+from streamvsr.engine.options import EngineOptions
 from streamvsr.flags import add_engine_flags, parse_int_list, parse_size, settings_from_args
 
 
@@ -103,7 +104,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         seed=engine.seed or 0,
     )
-    options = engine.engine_options()
+    # A case takes load_engine's keyword overrides (and carries them to a fresh process).
+    options = {f.name: getattr(engine, f.name) for f in dataclasses.fields(EngineOptions)}
     cases = []
     if engine.kind != "bicubic":
         cases.append(Case("stream-diffvsr", options=options, sessions=args.sessions, **common))
@@ -132,17 +134,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_serving_with(engine: EngineSettings, args: argparse.Namespace) -> list[dict]:
     """The serving benchmark (c) with the same engine settings, handed over as environment."""
-    import yaml
-
     from . import serving
 
-    env = {
-        f"STREAMVSR_ENGINE__{f.name.upper()}": yaml.safe_dump(getattr(engine, f.name)).strip()
-        for f in dataclasses.fields(engine)
-        if f.name != "warmup_sizes"
-    }
-    env["STREAMVSR_ENGINE__WARMUP_SIZES"] = f"[{args.size[1]}x{args.size[0]}]"
     height, width = args.size
+    values = {f.name: getattr(engine, f.name) for f in dataclasses.fields(engine)}
+    env = environment("engine", {**values, "warmup_sizes": [f"{width}x{height}"]})
     results = serving.run([], max(args.sessions), args.seconds, (width, height), 30, env=env)
     print(serving.format_table(results))
     return results

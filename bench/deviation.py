@@ -39,12 +39,12 @@ def compare_frames(frames: Sequence[np.ndarray], plain: Sequence[np.ndarray]) ->
 
 def is_plain(engine, case) -> bool:
     """Whether ``case`` runs the plain fp32 eager path itself (then its deviation is nil)."""
-    acceleration = engine.acceleration
+    options = engine.acceleration.options
     return (
         engine.dtype == torch.float32
-        and acceleration.compile == PLAIN["compile"]
-        and acceleration.channels_last == PLAIN["channels_last"]
-        and acceleration.sdpa_backend == PLAIN["sdpa_backend"]
+        and options.compile == PLAIN["compile"]
+        and options.channels_last == PLAIN["channels_last"]
+        and options.sdpa_backend == PLAIN["sdpa_backend"]
         and not case.prefetch_flow
     )
 
@@ -77,9 +77,9 @@ def deviation_from_plain(engine, case) -> dict[str, Any]:
 
 def upscale_clip(engine, clip: Sequence[np.ndarray], seed: int, prefetch: bool = False):
     """One session through ``clip``, stepped as the benchmark steps it: uint8 HR frames."""
-    from streamvsr.engine.lookahead import Stream
+    from streamvsr.engine.lookahead import LookaheadSession
 
     from .engine_speed import step_streams
 
-    stream = Stream.start(engine, enumerate(clip), seed)
+    stream = LookaheadSession.start(engine, enumerate(clip), seed)
     return [step_streams(engine, [stream], prefetch)[0].numpy() for _ in clip]

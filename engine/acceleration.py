@@ -15,63 +15,60 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import DeviceError
+from .options import COMPILE_BACKENDS, COMPILE_MODES, SDPA_BACKENDS, EngineOptions
 
-SDPA_BACKENDS = {
-    "auto": None,
+SDPA_KERNELS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "math": SDPBackend.MATH,
-}
+}  # "auto": any
 CUDA_ONLY_SDPA = ("efficient", "cudnn")
-# "off", or a torch.compile mode; the reduce-overhead and max-autotune modes use CUDA graphs.
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-# inductor generates kernels; eager and aot_eager only trace (to debug compile problems, and for
-# quick tests of everything around compiling).
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass(frozen=True)
 class Acceleration:
-    channels_last: bool = False
-    sdpa_backend: str = "auto"
-    compile: str = "off"
-    compile_backend: str = "inductor"
-    cudnn_benchmark: bool | None = None  # None: on for CUDA
+    """The speed settings of ``options`` put to work."""
+
+    options: EngineOptions = field(default_factory=EngineOptions)
 
     def check(self, device: torch.device) -> None:
         """Raise a ``DeviceError`` naming the setting that cannot work on ``device``."""
-        if self.sdpa_backend not in SDPA_BACKENDS:
+        options = self.options
+        if options.sdpa_backend not in SDPA_BACKENDS:
             raise DeviceError(
-                f"unknown sdpa_backend {self.sdpa_backend!r} (use {', '.join(SDPA_BACKENDS)})"
+                f"unknown sdpa_backend {options.sdpa_backend!r} (use {', '.join(SDPA_BACKENDS)})"
             )
-        if self.sdpa_backend in CUDA_ONLY_SDPA and device.type != "cuda":
+        if options.sdpa_backend in CUDA_ONLY_SDPA and device.type != "cuda":
             raise DeviceError(
-                f"sdpa_backend {self.sdpa_backend!r} needs a CUDA device, the engine runs on "
+                f"sdpa_backend {options.sdpa_backend!r} needs a CUDA device, the engine runs on "
                 f"{device.type} (use auto, flash or math)"
             )
-        if self.compile not in COMPILE_MODES:
+        if options.compile not in COMPILE_MODES:
             modes = ", ".join(COMPILE_MODES)
-            raise DeviceError(f"unknown compile mode {self.compile!r} (use {modes})")
-        if self.compile_backend not in COMPILE_BACKENDS:
+            raise DeviceError(f"unknown compile mode {options.compile!r} (use {modes})")
+        if options.compile_backend not in COMPILE_BACKENDS:
             backends = ", ".join(COMPILE_BACKENDS)
-            raise DeviceError(f"unknown compile_backend {self.compile_backend!r} (use {backends})")
+            raise DeviceError(
+                f"unknown compile_backend {options.compile_backend!r} (use {backends})"
+            )
 
     @property
     def cuda_graphs(self) -> bool:
-        return self.compile in CUDA_GRAPH_MODES and self.compile_backend == "inductor"
+        options = self.options
+        return options.compile in CUDA_GRAPH_MODES and options.compile_backend == "inductor"
 
     @contextlib.contextmanager
     def attention(self) -> Iterator[None]:
         """Restrict scaled_dot_product_attention to the chosen backend (for eager and tracing)."""
-        backend = SDPA_BACKENDS[self.sdpa_backend]
+        backend = SDPA_KERNELS.get(self.options.sdpa_backend)
         if backend is None:
             yield
         else:
@@ -83,11 +80,14 @@ class Acceleration:
         Serving sizes are fixed (warm-up sizes x batch sizes), so the one-off cost pays for itself
         (process-wide: cuDNN has no per-model switch)."""
         if device.type == "cuda":
-            enabled = True if self.cudnn_benchmark is None else self.cudnn_benchmark
+            benchmark = self.options.cudnn_benchmark
+            enabled = True if benchmark is None else benchmark
             torch.backends.cudnn.benchmark = enabled
 
     def memory_format(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+        if self.options.channels_last:
+            return module.to(memory_format=torch.channels_last)
+        return module
 
 
 # Sizes stay static (fast kernels); the batch dimension is dynamic, so batch sizes 2, 3, ... share
@@ -126,7 +126,8 @@ class CompiledCall:
     copied out, so that they stay valid while later graphs replay."""
 
     def __init__(self, module: torch.nn.Module, acceleration: Acceleration):
-        self.function = compile_module(module, acceleration.compile, acceleration.compile_backend)
+        options = acceleration.options
+        self.function = compile_module(module, options.compile, options.compile_backend)
         self.cuda_graphs = acceleration.cuda_graphs
 
     def __call__(self, *args):

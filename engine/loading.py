@@ -11,12 +11,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
-from diffusers.utils import logging as diffusers_logging
 from torch import nn
 
 from .acceleration import Acceleration
@@ -25,14 +24,13 @@ from .device import check_attention, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .flow import FlowEstimator, FlowResolution, build_raft
 from .networks import check_controlnet_config
+from .options import EngineOptions
 from .sampler import DDIMSampler
 from .stream_diffvsr import StreamDiffVSR
 from .vae import TemporalAutoencoderTiny
 from .weights import read_state_dict
 
 log = logging.getLogger(__name__)
-# diffusers/transformers chatter (progress bars, dtype-casting advice) is not for our users.
-diffusers_logging.set_verbosity_error()
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -49,62 +47,33 @@ FIX_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """Everything ``load_engine`` takes besides the model: the settings a user chooses."""
-
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    steps: int = 4
-    flow_model: str = "raft_large"
-    flow_resolution: str = "hr"
-    flow_weights: str | None = None
-    attention: str = "sdpa"
-    unet: str | None = None
-    controlnet: str | None = None
-    vae: str | None = None
-    vae_tile: int = 0
-    channels_last: bool = False
-    sdpa_backend: str = "auto"
-    compile: str = "off"
-    compile_backend: str = "inductor"
-    cudnn_benchmark: bool | None = None  # None: on for CUDA
-
-    @property
-    def acceleration(self) -> Acceleration:
-        return Acceleration(
-            self.channels_last,
-            self.sdpa_backend,
-            self.compile,
-            self.compile_backend,
-            self.cudnn_benchmark,
-        )
-
-
-def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
-    """Build the Stream-DiffVSR engine from a hub id or a local folder (see ``EngineOptions``)."""
-    opts = EngineOptions(**options)
+def load_engine(
+    model: str = MODEL_ID, options: EngineOptions | None = None, **overrides
+) -> StreamDiffVSR:
+    """Build the Stream-DiffVSR engine from a hub id or a local folder with ``options`` (default:
+    ``EngineOptions()``), keywords overriding single ones: ``load_engine(path, device="cpu")``."""
+    opts = replace(options or EngineOptions(), **overrides)
+    acceleration = Acceleration(opts)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     check_attention(opts.attention)
-    opts.acceleration.check(device)
-    opts.acceleration.tune_kernels(device)
-    overrides = {name: getattr(opts, name) for name in OVERRIDABLE if getattr(opts, name)}
-    root = resolve_checkpoint(model, opts.revision, skip=tuple(overrides))
+    acceleration.check(device)
+    acceleration.tune_kernels(device)
+    components = {name: getattr(opts, name) for name in OVERRIDABLE if getattr(opts, name)}
+    root = resolve_checkpoint(model, opts.revision, skip=tuple(components))
     log.info(
         "loading %s from %s on %s (%s)", model, root, device, str(dtype).removeprefix("torch.")
     )
 
     raft = build_raft(opts.flow_model, opts.flow_weights)  # first: a bad file fails fast
-    unet = _load_diffusers(UNet2DConditionModel, root, "unet", overrides.get("unet"))
+    unet = _load_diffusers(UNet2DConditionModel, root, "unet", components.get("unet"))
     if unet.config.num_class_embeds is not None:
         raise CheckpointError(
             f"{root / 'unet'}: num_class_embeds is set, but Stream-DiffVSR passes no class labels"
         )
-    controlnet = _load_diffusers(ControlNetModel, root, "controlnet", overrides.get("controlnet"))
+    controlnet = _load_diffusers(ControlNetModel, root, "controlnet", components.get("controlnet"))
     check_controlnet_config(controlnet)
-    vae = load_vae(root / "vae", overrides.get("vae"))
+    vae = load_vae(root / "vae", components.get("vae"))
     prompt_embeds = encode_empty_prompt(root)
     sampler = DDIMSampler.from_scheduler(_load_scheduler(root), opts.steps)
     flow = FlowEstimator(
@@ -114,7 +83,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
     )
     for module in (unet, controlnet, vae):
         module.to(device, dtype).eval().requires_grad_(False)
-        opts.acceleration.memory_format(module)
+        acceleration.memory_format(module)
     if opts.attention == "xformers":
         unet.enable_xformers_memory_efficient_attention()
         controlnet.enable_xformers_memory_efficient_attention()
@@ -127,7 +96,7 @@ def load_engine(model: str = MODEL_ID, **options) -> StreamDiffVSR:
         flow.to(device),
         model_id=str(model),
         vae_tile=opts.vae_tile,
-        acceleration=opts.acceleration,
+        acceleration=acceleration,
     )
 
 

@@ -33,6 +33,7 @@ from .base import (
     FrameResult,
     LaunchedFrame,
     PendingStep,
+    PixelFormat,
     step_grouped,
     to_model_input,
 )
@@ -126,7 +127,7 @@ class StreamDiffVSR:
         predictor = NoisePredictor(unet, controlnet)
         self._eager = _Networks(flow, GuideEncoder(predictor, vae.encoder), predictor, vae.decoder)
         self._compiled = None
-        if self.acceleration.compile != "off":
+        if self.acceleration.options.compile != "off":
             self._compiled = self._eager.compiled(self.acceleration)
         self._side_stream = SideStream(self.device)
         self._warm: set[BatchShape] = set()  # shapes the compiled networks are ready for
@@ -148,7 +149,7 @@ class StreamDiffVSR:
         self,
         requests: Sequence[FrameRequest],
         timer: StageTimer | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> list[FrameResult]:
         return self.launch(requests, timer, pixel_format).results()
 
@@ -157,7 +158,7 @@ class StreamDiffVSR:
         self,
         requests: Sequence[FrameRequest],
         timer: StageTimer | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> PendingStep:
         timer = timer or NO_TIMER
         launched = step_grouped(
@@ -217,8 +218,9 @@ class StreamDiffVSR:
         requests: list[FrameRequest],
         timer,
         networks: _Networks | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> list[LaunchedFrame]:
+        # 1. Upload the LR frames (pinned, asynchronous on CUDA).
         with timer.stage("upload"):
             lr = to_model_input([r.frame for r in requests], self.device, self.dtype)
         height, width = lr.shape[-2:]
@@ -226,6 +228,7 @@ class StreamDiffVSR:
         states = [r.state if continuing else r.state.restarted() for r in requests]
         nets = networks or self._networks_for(len(requests), height, width, continuing)
         with self.acceleration.attention():
+            # 2. Guidance from the past: flow, the previous output warped, its condition embedding.
             if continuing:
                 guidance = self._guidance(requests, states, lr, nets, timer)
                 flow_features = guidance.flow_features
@@ -233,10 +236,13 @@ class StreamDiffVSR:
                 guidance = None
                 with timer.stage("flow"):
                     flow_features = self.flow.encode(lr)  # for the next frame's flow
+            # 3. Denoise the initial latents (ControlNet + UNet, DDIM).
             latents = self._initial_latents(requests, height, width)
             latents = self._denoise(latents, lr, guidance, nets, timer)
+            # 4. Decode with the temporal VAE.
             with timer.stage("vae_decode"):
                 hr = self._decode(latents, guidance, nets)
+        # 5. Start the download (the step's one host synchronisation is ``results()``).
         with timer.stage("download"):
             download = Download(hr, pixel_format)
         return [

@@ -1,8 +1,9 @@
 """Outgoing video encoders suited to upscaled video, timed for metrics.
 
 aiortc caps H264 at 3 Mbps (VP8 at 1.5 Mbps) and runs x264 with its slow default preset: fine for a
-webcam, too little and too slow for 720p-1440p output. ``install`` makes every RTCRtpSender use
-encoders with our caps and preset (aiortc has no setting for this, so its factory is replaced).
+webcam, too little and too slow for 720p-1440p output. ``encoder_factory`` makes encoders with
+our caps and preset; aiortc has no setting for this, so ``streamvsr.startup`` installs it in place
+of aiortc's factory.
 H.264 is encoded on the GPU with NVENC (``h264_nvenc``) where it can be opened, else with x264
 (``server.h264_encoder``: auto, x264 or nvenc; see ``select_h264_encoder``).
 """
@@ -14,14 +15,15 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import av
 import av.logging
-from aiortc import rtcrtpsender
 from aiortc.codecs import get_encoder as aiortc_get_encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+
+from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,16 @@ NVENC_OPTIONS = {
 
 
 @dataclass(frozen=True)
-class EncoderSettings:
-    x264_preset: str = "veryfast"
-    min_bitrate: int = 1_000_000
-    start_bitrate: int = 4_000_000
-    max_bitrate: int = 12_000_000
+class EncoderSettings(ServerSettings):
+    """The server's settings (preset, bitrates) and the H.264 encoder chosen for them."""
+
     h264_codec: str = X264  # X264 or NVENC: what ``select_h264_encoder`` chose
+
+    @classmethod
+    def from_server(cls, server: ServerSettings, h264_codec: str) -> EncoderSettings:
+        return cls(
+            **{f.name: getattr(server, f.name) for f in fields(server)}, h264_codec=h264_codec
+        )
 
 
 def h264_level(width: int, height: int) -> str:
@@ -166,7 +172,7 @@ def select_h264_encoder(choice: str) -> str:
         if unavailable is None:
             name, why = NVENC, f"server.h264_encoder is {choice} and NVENC opened"
         elif choice == "nvenc":
-            from .config import ConfigError  # imports torch; not needed by the benchmarks
+            from streamvsr.config import ConfigError
 
             raise ConfigError(
                 f"server.h264_encoder is nvenc but {unavailable} "
@@ -209,8 +215,9 @@ class TimedEncoder:
             setattr(self._inner, name, value)
 
 
-def install(settings: EncoderSettings, observe: Callable[[str, float], None]) -> None:
-    """Make aiortc's senders use the tuned encoders, reporting (codec, seconds) per frame."""
+def encoder_factory(settings: EncoderSettings, observe: Callable[[str, float], None]):
+    """A stand-in for aiortc's ``get_encoder``: the tuned encoders, reporting (codec, seconds)
+    per frame."""
 
     def get_encoder(codec):
         mime = codec.mimeType.lower()
@@ -223,4 +230,4 @@ def install(settings: EncoderSettings, observe: Callable[[str, float], None]) ->
         name = mime.split("/")[1]
         return TimedEncoder(encoder, lambda seconds: observe(name, seconds))
 
-    rtcrtpsender.get_encoder = get_encoder
+    return get_encoder

@@ -9,6 +9,7 @@ import torch
 
 from streamvsr.engine import BicubicEngine, Engine, EngineError, load_engine
 
+from . import startup
 from .config import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,13 @@ def create_engine(settings: EngineSettings) -> EngineChoice:
     if settings.kind == "bicubic":
         return EngineChoice(_bicubic(settings), "bicubic was asked for")
     if settings.kind == "stream-diffvsr":
-        engine = load_engine(settings.model, **settings.engine_options())
+        engine = load_engine(settings.model, settings)
         return EngineChoice(engine, "stream-diffvsr was asked for")
     if not torch.cuda.is_available() and settings.device in ("auto", "cuda"):
         reason = "no CUDA GPU is visible, so the bicubic engine runs (Stream-DiffVSR needs a GPU)"
     else:
         try:
-            engine = load_engine(settings.model, **settings.engine_options())
+            engine = load_engine(settings.model, settings)
             return EngineChoice(engine, "a GPU and the weights are available")
         except EngineError as exc:
             reason = f"Stream-DiffVSR could not be loaded, so the bicubic engine runs: {exc}"
@@ -46,5 +47,5 @@ def _bicubic(settings: EngineSettings) -> BicubicEngine:
     if device == "cpu":
         # Its SIMD uint8 kernel gains little from more threads, and idle OpenMP workers spinning
         # beside the video encoders cost a server more (measured: 117% -> 97% CPU per stream).
-        torch.set_num_threads(1)
+        startup.install(cpu_threads=1)
     return BicubicEngine(device)

@@ -1,10 +1,26 @@
-"""Settings: defaults from configs/default.yaml, layered file, environment and flags, validation."""
+"""Settings: declared once; defaults from configs/default.yaml, layered file, environment and
+flags, each validated by the declared check."""
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import Field, fields
 
-from streamvsr.config import ConfigError, EngineSettings, load_settings
+import pytest
+import yaml
+
+from streamvsr.config import (
+    SECTIONS,
+    ConfigError,
+    EngineSettings,
+    Settings,
+    declared,
+    environment,
+    load_settings,
+)
+from streamvsr.engine.options import EngineOptions
+
+SETTINGS = [(section, setting) for section in SECTIONS for setting in declared(section)]
+IDS = [f"{section}.{setting.name}" for section, setting in SETTINGS]
 
 
 def test_defaults_come_from_the_shipped_yaml() -> None:
@@ -54,10 +70,43 @@ def test_bad_files_are_reported(tmp_path) -> None:
         load_settings(broken, env={})
 
 
-def test_engine_options_fit_load_engine() -> None:
-    import inspect
+def test_engine_settings_are_the_options_the_engine_is_handed() -> None:
+    settings = load_settings(env={}, overrides={"engine": {"steps": 2}}).engine
+    assert isinstance(settings, EngineOptions) and settings.steps == 2
+    assert {f.name for f in fields(EngineOptions)} <= {f.name for f in declared("engine")}
 
-    from streamvsr.engine.loading import EngineOptions
 
-    options = EngineSettings().engine_options()
-    assert set(options) == set(inspect.signature(EngineOptions).parameters)
+@pytest.mark.parametrize(("section", "setting"), SETTINGS, ids=IDS)
+def test_each_setting_is_declared_with_help_and_a_check(section: str, setting: Field) -> None:
+    text = setting.metadata["help"]
+    assert text and "|" not in text  # one cell of README's table
+    assert setting.metadata["check"](setting.metadata["default"]) == setting.default
+    for value in getattr(setting.metadata["check"], "choices", ()):
+        assert value in text, f"the help of {section}.{setting.name} does not name {value}"
+
+
+def test_each_setting_has_an_environment_variable() -> None:
+    env = {}
+    for section in SECTIONS:
+        env |= environment(section, {f.name: f.metadata["default"] for f in declared(section)})
+    assert len(env) == len(SETTINGS)
+    assert "STREAMVSR_ENGINE__FLOW_MODEL" in env and "STREAMVSR_SERVER__UDP_PORT_MAX" in env
+    assert load_settings(env=env) == Settings()
+    env = environment("server", {"ice_servers": [{"urls": "stun:a.example:3478"}], "port": 9000})
+    server = load_settings(env=env).server
+    assert server.ice_servers == ({"urls": ["stun:a.example:3478"]},) and server.port == 9000
+
+
+@pytest.mark.parametrize(("section", "setting"), SETTINGS, ids=IDS)
+def test_a_bad_value_from_a_file_or_the_environment_names_the_key(
+    section: str, setting: Field, tmp_path
+) -> None:
+    bad = {"no": "such value"}  # what no setting takes
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({section: {setting.name: bad}}))
+    env = environment(section, {setting.name: bad})
+    for layer, source in [({"path": path, "env": {}}, str(path)), ({"env": env}, "environment")]:
+        with pytest.raises(ConfigError) as info:
+            load_settings(**layer)
+        message = str(info.value)
+        assert message.startswith(f"{section}.{setting.name} ") and f"(from {source})" in message

@@ -15,7 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from streamvsr.config import ConfigError, load_settings
-from streamvsr.engine import DeviceError, FrameRequest
+from streamvsr.engine import DeviceError, EngineOptions, FrameRequest, load_engine
 from streamvsr.engine.acceleration import Acceleration
 
 SIZE = (16, 24)
@@ -104,6 +104,9 @@ def test_settings_that_cannot_work_are_refused_naming_them(load_tiny):
         load_tiny(sdpa_backend="efficient")
     with pytest.raises(DeviceError, match="unknown compile mode 'fast'"):
         load_tiny(compile="fast")
+    options = EngineOptions(device="cuda", sdpa_backend="efficient")
+    with pytest.raises(DeviceError, match="the engine runs on cpu"):  # keywords override options
+        load_engine("unused", options, device="cpu")
 
 
 def test_speed_settings_are_validated_in_the_config():
@@ -114,14 +117,14 @@ def test_speed_settings_are_validated_in_the_config():
     assert engine.compile == "off"  # YAML reads a bare off as false
     assert engine.channels_last is True
     assert engine.warmup_sizes == ((180, 320), (270, 480))
-    assert engine.engine_options()["sdpa_backend"] == "flash"
+    assert engine.sdpa_backend == "flash"
     assert load_settings(overrides={"engine": {"compile": "reduce-overhead"}}).engine.compile == (
         "reduce-overhead"
     )
     assert engine.cudnn_benchmark is None  # auto, the default
     for value, expected in [("auto", None), ("false", False), (True, True)]:
         settings = load_settings(overrides={"engine": {"cudnn_benchmark": value}}).engine
-        assert settings.engine_options()["cudnn_benchmark"] is expected
+        assert settings.cudnn_benchmark is expected
     for key, value in [
         ("compile", "fastest"),
         ("sdpa_backend", "xformers"),
@@ -142,7 +145,8 @@ def test_cudnn_autotuning_is_on_for_cuda_unless_turned_off(setting, device, expe
     try:
         for start in (False, True):  # a CPU engine leaves the process-wide flag as it was
             torch.backends.cudnn.benchmark = start
-            Acceleration(cudnn_benchmark=setting).tune_kernels(torch.device(device))
+            options = EngineOptions(cudnn_benchmark=setting)
+            Acceleration(options).tune_kernels(torch.device(device))
             assert torch.backends.cudnn.benchmark == (start if expected is None else expected)
     finally:
         torch.backends.cudnn.benchmark = before

@@ -130,7 +130,8 @@ def test_h264_encoder_setting_is_validated() -> None:
 
 
 def test_h264_encoder_flag() -> None:
-    from streamvsr.cli import _settings, build_parser
+    from streamvsr.cli import build_parser
+    from streamvsr.flags import settings_from_args
 
     args = build_parser().parse_args(["serve", "--h264-encoder", "nvenc"])
-    assert _settings(args).server.h264_encoder == "nvenc"
+    assert settings_from_args(args).server.h264_encoder == "nvenc"

@@ -1,0 +1,151 @@
+"""The server's settings, each declared once (see ``streamvsr.engine.options.setting``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from streamvsr.engine.options import (
+    choice,
+    non_empty_str,
+    non_negative,
+    optional_str,
+    positive_int,
+    setting,
+    str_list,
+)
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+
+
+def port_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0-65535")
+    return value
+
+
+def ice_server_list(value: Any) -> tuple[dict[str, Any], ...]:
+    """[{urls: stun:host:3478}, {urls: [turn:...], username: u, credential: p}]; a flag's value
+    is YAML text."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError("must be YAML: a list of {urls, username, credential}") from None
+        value = [value] if isinstance(value, (str, dict)) else value
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {urls, username, credential} entries")
+    return tuple(_ice_server(entry) for entry in value)
+
+
+def _ice_server(entry: Any) -> dict[str, Any]:
+    if isinstance(entry, str):
+        entry = {"urls": entry}
+    if not isinstance(entry, dict) or "urls" not in entry:
+        raise ValueError("each entry needs urls (e.g. stun:stun.example.org:3478)")
+    unknown = set(entry) - {"urls", "username", "credential"}
+    if unknown:
+        raise ValueError(f"unknown ICE server fields {sorted(unknown)}")
+    urls = [entry["urls"]] if isinstance(entry["urls"], str) else list(entry["urls"])
+    if not all(
+        isinstance(u, str) and u.split(":", 1)[0] in ("stun", "turn", "turns") for u in urls
+    ):
+        raise ValueError(f"ICE server urls must start with stun:, turn: or turns:, got {urls}")
+    return {**entry, "urls": urls}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = setting(
+        "127.0.0.1",
+        "address to listen on; 0.0.0.0 accepts other machines (then serve HTTPS: browsers allow "
+        "the camera only on https:// or localhost)",
+        non_empty_str,
+    )
+    port: int = setting(8080, "TCP port", port_number)
+    tls_cert: str | None = setting(
+        None, "PEM certificate: serve HTTPS (with tls_key)", optional_str
+    )
+    tls_key: str | None = setting(None, "PEM private key of tls_cert", optional_str)
+    max_sessions: int = setting(
+        8,
+        "concurrent WebRTC sessions (page, WHIP and WHEP); beyond it: 503 + Retry-After",
+        positive_int,
+    )
+    max_batch: int = setting(
+        8,
+        "frames of different sessions run as one batched engine step, at most this many",
+        positive_int,
+    )
+    max_wait_ms: float = setting(
+        0,
+        "how long the GPU worker waits for more sessions' frames before a step (0: never)",
+        non_negative,
+    )
+    max_input_width: int = setting(
+        1280, "wider input frames are downscaled (keeping aspect) before the engine", positive_int
+    )
+    max_input_height: int = setting(
+        720, "taller input frames are downscaled (keeping aspect) before the engine", positive_int
+    )
+    max_body_bytes: int = setting(
+        65536, "largest accepted request body (SDP offers are a few KB)", positive_int
+    )
+    idle_timeout_s: float = setting(
+        15,
+        "a session whose media stops for this long (or whose ICE fails) is closed",
+        non_negative,
+    )
+    whip_token: str | None = setting(
+        None, "Bearer token WHIP publishers must send; null: no authentication", optional_str
+    )
+    cors_origin: str = setting("*", "Access-Control-Allow-Origin of WHIP and WHEP", non_empty_str)
+    ice_servers: tuple[dict[str, Any], ...] = setting(
+        [],
+        "STUN/TURN servers for NAT traversal, e.g. [{urls: stun:stun.l.google.com:19302}, "
+        "{urls: turn:turn.example.org:3478, username: user, credential: secret}]",
+        ice_server_list,
+    )
+    ice_host_addresses: tuple[str, ...] = setting(
+        [],
+        "local addresses to offer as ICE host candidates, comma-separated on the command line "
+        "([]: all but loopback)",
+        str_list,
+    )
+    public_ip: str | None = setting(
+        None,
+        "public IP to advertise in ICE candidates (1:1 NAT, Docker port mapping)",
+        optional_str,
+    )
+    udp_port_min: int = setting(
+        0,
+        "lowest UDP port for media (0 and 0: any port); open the range in the firewall or "
+        "publish it from Docker",
+        port_number,
+    )
+    udp_port_max: int = setting(0, "highest UDP port for media (0 and 0: any port)", port_number)
+    video_codec: str = setting(
+        "h264",
+        "outgoing video codec, preferred when the peer offers it: h264 or vp8",
+        choice("h264", "vp8"),
+    )
+    h264_encoder: str = setting(
+        "auto",
+        "auto (NVENC on the GPU if it opens, else x264), x264, or nvenc (refuse to start "
+        "without it)",
+        choice("auto", "x264", "nvenc"),
+    )
+    x264_preset: str = setting(
+        "veryfast",
+        "x264 preset: ultrafast, superfast, veryfast, faster, fast, medium or slow",
+        choice(*X264_PRESETS),
+    )
+    min_bitrate: int = setting(1_000_000, "lowest outgoing video bitrate (bit/s)", positive_int)
+    start_bitrate: int = setting(
+        4_000_000, "outgoing video bitrate at the start (bit/s)", positive_int
+    )
+    max_bitrate: int = setting(12_000_000, "highest outgoing video bitrate (bit/s)", positive_int)
