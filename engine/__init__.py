@@ -6,10 +6,11 @@ state = engine.new_session(seed=0)
 state, hr_frame = result.state, result.frame             # hr_frame: uint8 (4H, 4W, 3)
 """
 
-from .base import Engine, FrameRequest, FrameResult
+from .base import Engine, FrameRequest, FrameResult, PixelFormat
 from .bicubic import BicubicEngine
 from .errors import CheckpointError, DeviceError, EngineError
-from .loading import EngineOptions, download, load_engine
+from .loading import download, load_engine
+from .options import EngineOptions
 from .random_checkpoint import write_random_checkpoint
 from .state import SessionState
 from .stream_diffvsr import StreamDiffVSR
@@ -24,6 +25,7 @@ __all__ = [
     "EngineOptions",
     "FrameRequest",
     "FrameResult",
+    "PixelFormat",
     "SessionState",
     "StageTimer",
     "StreamDiffVSR",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -15,6 +16,14 @@ from .state import SessionState
 from .timing import StageTimer
 
 T = TypeVar("T")
+
+
+class PixelFormat(str, Enum):
+    """How an HR frame's bytes are laid out: the contract between an engine and whoever encodes
+    its frames. Values are FFmpeg's names, as ``av.VideoFrame.from_ndarray`` takes them."""
+
+    RGB24 = "rgb24"  # (H, W, 3) interleaved RGB
+    YUV420P = "yuv420p"  # (3H/2, W): Y rows, then U, then V (BT.601 limited range, as swscale)
 
 
 @dataclass
@@ -34,11 +43,12 @@ class FrameRequest:
 
 @dataclass
 class FrameResult:
-    """The stream's updated state and its HR frame on the CPU: RGB uint8 (4H, 4W, 3), or YUV 4:2:0
-    planes (6H, 4W) when the step was asked for ``pixel_format="yuv420p"`` and could do it."""
+    """The stream's updated state and its HR frame on the CPU, uint8 in ``pixel_format``: RGB
+    (4H, 4W, 3), or YUV 4:2:0 planes (6H, 4W) when the step was asked for YUV and could do it."""
 
     state: SessionState
     frame: torch.Tensor
+    pixel_format: PixelFormat = PixelFormat.RGB24
 
 
 class Engine(Protocol):
@@ -53,18 +63,18 @@ class Engine(Protocol):
         self,
         requests: Sequence[FrameRequest],
         timer: StageTimer | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> list[FrameResult]: ...
 
     def launch(
         self,
         requests: Sequence[FrameRequest],
         timer: StageTimer | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> PendingStep:
         """``step`` without waiting for the GPU: queue the work, collect with ``results()``.
-        ``pixel_format="yuv420p"`` asks for frames as YUV 4:2:0 planes where that is cheap (on a
-        GPU); a result is (H, W, 3) RGB or (3H/2, W) YUV."""
+        ``PixelFormat.YUV420P`` asks for frames as YUV 4:2:0 planes where that is cheap (on a
+        GPU); each result says which format its frame is in."""
 
     def prefetch_flow(self, previous: np.ndarray, frame: np.ndarray) -> PrefetchedFlow | None:
         """Start the flow between two consecutive frames of a stream (None: nothing to start)."""
@@ -104,7 +114,6 @@ def to_model_input(frames: Sequence[np.ndarray | torch.Tensor], device, dtype) -
     return batch.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1)
 
 
-PIXEL_FORMATS = ("rgb24", "yuv420p")
 # RGB -> Y'CbCr, BT.601 limited range: what swscale (and so PyAV's reformat) does by default.
 _BT601 = (
     (0.256788, 0.504129, 0.097906, 16.0),
@@ -129,8 +138,9 @@ def to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
 
 class Download:
     """(B, 3, H, W) images in [-1, 1] on their way to the host as uint8 frames: (H, W, 3) RGB, or
-    (3H/2, W) YUV 4:2:0 planes for ``pixel_format="yuv420p"`` (what video encoders take: no
-    conversion on the CPU, half the bytes to copy).
+    (3H/2, W) YUV 4:2:0 planes for ``PixelFormat.YUV420P`` (what video encoders take: no
+    conversion on the CPU, half the bytes to copy); ``pixel_format`` says which it became (odd
+    sizes stay RGB).
 
     On CUDA the copy goes into a pinned buffer, fresh per call (so results never alias the next
     step's; cheap once the caching host allocator has a block of that size), without waiting:
@@ -138,12 +148,17 @@ class Download:
     (e.g. the next frame's flow) before it.
     """
 
-    def __init__(self, images: torch.Tensor, pixel_format: str = "rgb24"):
-        if pixel_format not in PIXEL_FORMATS:
-            raise ValueError(f"pixel_format must be one of {PIXEL_FORMATS}, got {pixel_format!r}")
+    def __init__(self, images: torch.Tensor, pixel_format: PixelFormat = PixelFormat.RGB24):
+        pixel_format = PixelFormat(pixel_format)  # ValueError names the accepted values
         rgb = (images.float() / 2 + 0.5).clamp(0, 1) * 255
         self._done = None
-        if pixel_format == "yuv420p" and not (images.shape[-1] % 2 or images.shape[-2] % 2):
+        even = not (images.shape[-1] % 2 or images.shape[-2] % 2)
+        self.pixel_format = (
+            PixelFormat.YUV420P
+            if pixel_format is PixelFormat.YUV420P and even
+            else PixelFormat.RGB24
+        )
+        if self.pixel_format is PixelFormat.YUV420P:
             pixels = to_yuv420p(rgb).round().clamp(0, 255).to(torch.uint8)
         else:
             # channels_last makes the (B, H, W, 3) view contiguous: one plain copy to the host.
@@ -187,7 +202,9 @@ class PendingStep:
 
     def results(self) -> list[FrameResult]:
         return [
-            FrameResult(f.state, f.download.frames()[f.row]) if isinstance(f, LaunchedFrame) else f
+            FrameResult(f.state, f.download.frames()[f.row], f.download.pixel_format)
+            if isinstance(f, LaunchedFrame)
+            else f
             for f in self._frames
         ]
 

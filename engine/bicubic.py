@@ -17,6 +17,7 @@ from .base import (
     FrameRequest,
     FrameResult,
     PendingStep,
+    PixelFormat,
     as_frame_tensor,
     step_by_size,
     to_model_input,
@@ -35,13 +36,17 @@ class BicubicEngine:
         self.dtype = torch.float32
         self.scale = scale
 
-    def _upscale(self, frames: list, pixel_format: str) -> list[torch.Tensor]:
+    def _upscale(
+        self, frames: list, pixel_format: PixelFormat
+    ) -> tuple[list[torch.Tensor], PixelFormat]:
         if self.device.type != "cpu":
             lr = to_model_input(frames, self.device, self.dtype)
-            return Download(upscale_bicubic(lr, self.scale), pixel_format).frames()
+            download = Download(upscale_bicubic(lr, self.scale), pixel_format)
+            return download.frames(), download.pixel_format
         batch = torch.stack([as_frame_tensor(f) for f in frames]).permute(0, 3, 1, 2)
         up = F.interpolate(batch, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return list(up.permute(0, 2, 3, 1))  # channels-last memory: (H, W, 3) views, no copy
+        # channels-last memory: (H, W, 3) views, no copy
+        return list(up.permute(0, 2, 3, 1)), PixelFormat.RGB24
 
     def new_session(self, seed: int | None = None) -> SessionState:
         return SessionState.new(0 if seed is None else seed)
@@ -56,7 +61,7 @@ class BicubicEngine:
         self,
         requests: Sequence[FrameRequest],
         timer: StageTimer | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> PendingStep:
         return PendingStep(self.step(requests, timer, pixel_format))
 
@@ -65,16 +70,16 @@ class BicubicEngine:
         self,
         requests: Sequence[FrameRequest],
         timer: StageTimer | None = None,
-        pixel_format: str = "rgb24",
+        pixel_format: PixelFormat = PixelFormat.RGB24,
     ) -> list[FrameResult]:
         """On the CPU frames are always RGB (converting there is the encoder's job)."""
         timer = timer or NO_TIMER
 
         def step_group(group: list[FrameRequest]) -> list[FrameResult]:
             with timer.stage("upscale"):
-                frames = self._upscale([r.frame for r in group], pixel_format)
+                frames, layout = self._upscale([r.frame for r in group], pixel_format)
             return [
-                FrameResult(replace(r.state, frame_index=r.state.frame_index + 1), frame)
+                FrameResult(replace(r.state, frame_index=r.state.frame_index + 1), frame, layout)
                 for r, frame in zip(group, frames)
             ]
 

@@ -1,8 +1,10 @@
-"""Streams of an upscale advanced together, with each next frame's work started ahead.
+"""Sessions whose frames are all known ahead (files, benchmarks), advanced together, with each
+next frame's work started during the current step.
 
-While the GPU runs a step, the CPU reads (decodes, resizes) every stream's next frame and starts its
-optical flow on a side CUDA stream (``engine.prefetch_flow``): offline, the next frame is always
-known, so the flow and the decoding overlap the denoising instead of adding to it.
+While the GPU runs a step, the CPU reads (decodes, resizes) every session's next frame and starts
+its optical flow on a side CUDA stream (``engine.prefetch_flow``): when the next frame is known, the
+flow and the decoding overlap the denoising instead of adding to it. (The live server cannot do
+this: it always takes the newest frame, which is only known when the step starts.)
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .timing import StageTimer
 
 
 @dataclass
-class Stream:
-    """One input sequence as an engine session."""
+class LookaheadSession:
+    """One input sequence as an engine session, with its next frame read ahead."""
 
     frames: Iterator[tuple[Any, np.ndarray]]  # (name or pts, LR frame as the engine takes it)
     state: SessionState
@@ -31,7 +33,9 @@ class Stream:
     payload: Any = None  # the caller's (e.g. where the outputs go)
 
     @classmethod
-    def start(cls, engine: Engine, frames: Iterator, seed: int, payload: Any = None) -> Stream:
+    def start(
+        cls, engine: Engine, frames: Iterator, seed: int, payload: Any = None
+    ) -> LookaheadSession:
         return cls(frames, engine.new_session(seed), next(frames, None), payload=payload)
 
     @property
@@ -40,18 +44,20 @@ class Stream:
 
 
 def advance(
-    engine: Engine, streams: list[Stream], timer: StageTimer | None = None
-) -> list[tuple[Stream, Any, torch.Tensor]]:
-    """One batched step for every unfinished stream: [(stream, frame key, HR frame)]."""
-    active = [s for s in streams if not s.finished]
+    engine: Engine, sessions: list[LookaheadSession], timer: StageTimer | None = None
+) -> list[tuple[LookaheadSession, Any, torch.Tensor]]:
+    """One batched step for every unfinished session: [(session, frame key, HR frame)]."""
+    active = [s for s in sessions if not s.finished]
     keys = [s.current[0] for s in active]
     requests = [FrameRequest(s.state, s.current[1], flow=s.flow) for s in active]
     pending = engine.launch(requests, timer)
-    for stream in active:  # meanwhile: read the next frames and start their flow
-        previous = stream.current[1]
-        stream.current = next(stream.frames, None)
-        stream.flow = None if stream.finished else engine.prefetch_flow(previous, stream.current[1])
+    for session in active:  # meanwhile: read the next frames and start their flow
+        previous = session.current[1]
+        session.current = next(session.frames, None)
+        session.flow = (
+            None if session.finished else engine.prefetch_flow(previous, session.current[1])
+        )
     results = pending.results()
-    for stream, result in zip(active, results, strict=True):
-        stream.state = result.state
+    for session, result in zip(active, results, strict=True):
+        session.state = result.state
     return [(s, key, r.frame) for s, key, r in zip(active, keys, results, strict=True)]

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from streamvsr.engine import Engine
-from streamvsr.engine.lookahead import Stream, advance
+from streamvsr.engine.lookahead import LookaheadSession, advance
 
 from .errors import UpscaleError
 from .sinks import Staged, VideoWriter, write_png
@@ -129,7 +129,7 @@ def _run_images(engine, options: UpscaleOptions, sequences: list[ImageSequence],
 def _upscale_sequences(engine, options, sequences, root: Path, bar) -> None:
     """Run up to ``options.sessions`` sequences at once, one batched engine step per frame."""
     waiting = list(sequences)
-    active: list[Stream] = []
+    active: list[LookaheadSession] = []
     if options.input_size is not None:  # else each sequence's size shows with its first frame
         width, height = options.input_size
         engine.warm_up([(height, width)], range(1, options.sessions + 1))
@@ -140,7 +140,7 @@ def _upscale_sequences(engine, options, sequences, root: Path, bar) -> None:
                 (name, _resize(pixels, options.input_size, options.filter))
                 for name, pixels in sequence.frames(options.frames)
             )  # each sequence: same seed, own chain
-            active.append(Stream.start(engine, frames, options.seed, payload=sequence))
+            active.append(LookaheadSession.start(engine, frames, options.seed, payload=sequence))
         active = [s for s in active if not s.finished]
         if not active:
             continue
@@ -176,7 +176,7 @@ def _run_video(engine, options: UpscaleOptions, info: VideoInfo, output: Path) -
             (pts, _resize(pixels, options.input_size, options.filter))
             for pts, pixels in video_frames(info, options.frames)
         )
-        stream = Stream.start(engine, frames, options.seed)
+        stream = LookaheadSession.start(engine, frames, options.seed)
         with _progress(expected, options) as bar:
             while not stream.finished:
                 [(_, pts, frame)] = advance(engine, [stream])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import av
 import numpy as np
+import pytest
 import torch
 
-from streamvsr.engine import FrameRequest
+from streamvsr.engine import BicubicEngine, FrameRequest, PixelFormat
 from streamvsr.engine.base import Download
 
 
@@ -37,9 +38,22 @@ def test_yuv420p_planes_match_what_swscale_makes_from_the_rgb_frames() -> None:
         assert np.abs(back - rgb_frame.numpy().astype(int)).mean() < 2
 
 
-def test_odd_sizes_stay_rgb() -> None:
-    [frame] = Download(smooth_images(1, 9, 12), "yuv420p").frames()
-    assert frame.shape == (9, 12, 3)
+def test_odd_sizes_stay_rgb_and_say_so() -> None:
+    download = Download(smooth_images(1, 9, 12), PixelFormat.YUV420P)
+    [frame] = download.frames()
+    assert frame.shape == (9, 12, 3) and download.pixel_format is PixelFormat.RGB24
+
+
+def test_unknown_pixel_formats_are_refused() -> None:
+    with pytest.raises(ValueError, match="nv12"):
+        Download(smooth_images(1, 8, 8), "nv12")
+
+
+def test_cpu_bicubic_results_are_rgb_whatever_was_asked(make_frames) -> None:
+    engine = BicubicEngine("cpu")
+    [frame] = make_frames(1, 8, 10, seed=3)
+    [result] = engine.step([FrameRequest(engine.new_session(), frame)], pixel_format="yuv420p")
+    assert result.pixel_format is PixelFormat.RGB24 and result.frame.shape == (32, 40, 3)
 
 
 def test_the_engine_hands_out_yuv_planes_on_request(tiny_engine, make_frames) -> None:
@@ -49,6 +63,7 @@ def test_the_engine_hands_out_yuv_planes_on_request(tiny_engine, make_frames) ->
         [rgb] = tiny_engine.step([FrameRequest(state, frame)])
         [yuv] = tiny_engine.step([FrameRequest(state, frame)], pixel_format="yuv420p")
         assert yuv.frame.shape == (96, 96) and rgb.frame.shape == (64, 96, 3)
+        assert yuv.pixel_format is PixelFormat.YUV420P and rgb.pixel_format is PixelFormat.RGB24
         picture = av.VideoFrame.from_ndarray(yuv.frame.numpy(), format="yuv420p")
         picture = picture.to_ndarray(format="rgb24").astype(int)
         assert np.abs(picture - rgb.frame.numpy().astype(int)).mean() < 8
