@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+
+from streamvsr import startup
 
 STAGE_STEPS = 5  # at most, in the separate synchronised run that gives the per-stage breakdown
 NOTES = {
@@ -82,6 +85,7 @@ class PeakRSS:
 
 def run_case(case: Case) -> list[dict[str, Any]]:
     """Run one case in this process (see ``run_isolated`` for a fresh process)."""
+    startup.install(chatter_level=logging.WARNING)  # a spawned process starts unconfigured
     rows: list[dict[str, Any]] = []
     for kind, value in iter_case(case):
         add_event(rows, kind, value)
@@ -172,13 +176,13 @@ class StepClock:
 def _run_sessions(engine, case: Case, sessions: int) -> dict[str, Any]:
     """``sessions`` streams advanced together, one batched step per frame, each step timed whole
     (its download is its only sync, as when serving); then a few more steps timed by stage."""
-    from streamvsr.engine.lookahead import Stream
+    from streamvsr.engine.lookahead import LookaheadSession
 
     # Per-stage syncs would serialise the side stream's flow with the step: no stages then.
     stage_steps = 0 if case.prefetch_flow else min(case.frames, STAGE_STEPS)
     length = case.frames + (1 + stage_steps if stage_steps else 0)
     streams = [
-        Stream.start(engine, enumerate(clip_frames(case, s, length)), case.seed + s)
+        LookaheadSession.start(engine, enumerate(clip_frames(case, s, length)), case.seed + s)
         for s in range(sessions)
     ]
     clock = StepClock(engine.device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing
 import sys
 import tempfile
@@ -25,6 +26,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from streamvsr import startup
 
 from .engine_speed import (
     NOTES,
@@ -99,10 +102,8 @@ def plan(config: dict[str, Any], model: str) -> list[Planned]:
 
 
 def _child(case: Case, queue, threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    # A spawned process starts unconfigured: quiet the libraries, and the threads asked for.
+    startup.install(chatter_level=logging.WARNING, cpu_threads=threads or None)
     try:
         for event in iter_case(case):
             queue.put(event)

@@ -12,13 +12,14 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamvsr import startup
 from streamvsr.config import Settings
 from streamvsr.engine import FrameRequest
 from streamvsr.engines import EngineChoice, create_engine
 
 from . import encoders
 from .http import RUNTIME
-from .ice import bind_udp_port_range, restrict_host_addresses, rtc_configuration
+from .ice import rtc_configuration
 from .metrics import Metrics
 from .offer import post_offer
 from .problems import Problem, problem_middleware
@@ -57,16 +58,15 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
     h264_codec = encoders.select_h264_encoder(settings.server.h264_encoder)  # ConfigError: no NVENC
 
     async def start(app: web.Application) -> None:
-        encoders.install(
-            encoders.EncoderSettings(
-                settings.server.x264_preset, settings.server.min_bitrate,
-                settings.server.start_bitrate, settings.server.max_bitrate, h264_codec,
-            ),
+        encoder_factory = encoders.encoder_factory(
+            encoders.EncoderSettings.from_server(settings.server, h264_codec),
             lambda codec, seconds: app[METRICS].encode.labels(codec).observe(seconds),
         )  # fmt: skip
-        restrict_host_addresses(settings.server.ice_host_addresses)
-        loop = asyncio.get_running_loop()
-        bind_udp_port_range(loop, settings.server.udp_port_min, settings.server.udp_port_max)
+        startup.install(
+            encoder_factory=encoder_factory,
+            host_addresses=settings.server.ice_host_addresses,
+            udp_ports=(settings.server.udp_port_min, settings.server.udp_port_max),
+        )
         app[STARTUP] = asyncio.create_task(_start_engine(app, settings, choice))
 
     app.on_startup.append(start)

@@ -1,18 +1,17 @@
-"""ICE settings for users behind NAT or in Docker: ICE servers, host addresses, public IP, ports."""
+"""ICE settings for users behind NAT or in Docker: ICE servers, host addresses, public IP, ports.
+
+The host-address filter and the port-range wrapper replace aioice internals; ``streamvsr.startup``
+installs them.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
-
-log = logging.getLogger(__name__)
 
 
 def rtc_configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
@@ -29,41 +28,35 @@ def rtc_configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration
     )
 
 
-def restrict_host_addresses(addresses: Sequence[str]) -> None:
-    """Offer only these local addresses as host candidates (aioice offers all but loopback)."""
-    if not addresses:
-        return
+def host_address_filter(addresses: Sequence[str]) -> Callable[[bool, bool], list[str]]:
+    """A stand-in for ``aioice.ice.get_host_addresses`` that offers only these addresses."""
     chosen = list(addresses)
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
-    aioice.ice.get_host_addresses = get_host_addresses
+    return get_host_addresses
 
 
-def bind_udp_port_range(loop: asyncio.AbstractEventLoop, low: int, high: int) -> None:
-    """Bind ICE sockets that ask for "any port" to a port in [low, high] instead.
+def port_range_endpoint(create_datagram_endpoint, low: int, high: int):
+    """Wraps a loop's ``create_datagram_endpoint``: "any port" (0) becomes a free port in
+    [low, high], tried in random order; explicit ports pass through."""
 
-    aioice has no port-range option; it binds with port 0 through the loop, so the running
-    loop's ``create_datagram_endpoint`` is wrapped (only this process's loop is affected).
-    """
-    if not low:
-        return
-    original = loop.create_datagram_endpoint
-
-    async def create_datagram_endpoint(factory, local_addr=None, **kwargs):
+    async def endpoint_in_range(factory, local_addr=None, **kwargs):
         if local_addr is None or local_addr[1] != 0:
-            return await original(factory, local_addr=local_addr, **kwargs)
+            return await create_datagram_endpoint(factory, local_addr=local_addr, **kwargs)
         ports = list(range(low, high + 1))
         random.shuffle(ports)
         for port in ports:
             try:
-                return await original(factory, local_addr=(local_addr[0], port), **kwargs)
+                return await create_datagram_endpoint(
+                    factory, local_addr=(local_addr[0], port), **kwargs
+                )
             except OSError:
                 continue
         raise OSError(f"no free UDP port in {low}-{high} on {local_addr[0]}")
 
-    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign]
+    return endpoint_in_range
 
 
 _HOST_CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d+) (\S+) (\d+) (\S+) (\d+) typ host(.*)$")

@@ -10,9 +10,14 @@ Packages (each one of the repository's top-level folders, mapped into this names
 - ``streamvsr.config``, ``streamvsr.cli``: settings and the ``streamvsr`` command.
 """
 
+import logging
 from pathlib import Path
 
 __version__ = "0.1.0"
+
+# Library hygiene: records go to the handlers the application sets up (the command line does); an
+# application that sets none gets nothing rather than Python's bare stderr fallback.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # An installed copy holds the subpackages inside this folder. A source checkout that is not
 # installed (or is shadowed by the current directory, as with ``python -m`` from the repository

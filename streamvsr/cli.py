@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from . import startup
 from .config import ConfigError
 from .flags import add_engine_flags, settings_from_args
 
@@ -79,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("aioice", "aiortc", "aiohttp.access"):  # per-packet/per-request chatter
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    startup.install(chatter_level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except (ConfigError, EngineError, UpscaleError) as exc:

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random-weight checkpoint, random RAFT weights, a loaded CPU engine and
-synthetic moving LR frames.
+"""Shared fixtures: a tiny random-weight checkpoint, random RAFT weights, a loaded CPU engine,
+synthetic moving LR frames and loopback-only ICE.
 
 LR frames are kept tiny (8 x 8 .. 24 x 32) so that the suite runs in well under a few minutes on
 two CPU cores; the flow estimator pads RAFT's inputs to its 128 px minimum.
@@ -41,6 +41,17 @@ def _quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
     logging.getLogger("streamvsr.engine").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
+
+
+@pytest.fixture
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every WebRTC peer in this process offers only 127.0.0.1 as its host candidate; aioice's
+    original (and whatever a server's start installed meanwhile) is back after the test."""
+    import aioice.ice
+
+    from streamvsr.server.ice import host_address_filter
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", host_address_filter(["127.0.0.1"]))
 
 
 @pytest.fixture(scope="session")

@@ -31,14 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aioice.ice
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from support.webrtc import (
     LOOPBACK,
     SyntheticVideo,
-    loopback_hosts,
     make_offer,
     open_browser_peer,
     running_server,
@@ -71,9 +69,7 @@ HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadoli
 DOCKER_COMPOSE = shutil.which("docker-compose")
 
 
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 def dashboard_targets() -> list[tuple[str, str, str]]:

@@ -9,14 +9,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aioice.ice
 import pytest
 from support.webrtc import (
     SyntheticVideo,
     codec,
     h264_baseline,
     identify,
-    loopback_hosts,
     make_offer,
     open_browser_peer,
     pattern,
@@ -35,11 +33,6 @@ SDP = "application/sdp"
 JSON = "application/json"
 MAX_BODY = 4096  # an offer of aiortc's is ~2-3 KB
 SETTINGS = {"whip_token": TOKEN, "max_body_bytes": MAX_BODY}
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 # --- offers that cannot be served ----------------------------------------------------------------

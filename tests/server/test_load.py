@@ -6,14 +6,11 @@ import asyncio
 import statistics
 import time
 
-import aioice.ice
-import pytest
 from support.webrtc import (
     SyntheticVideo,
     histogram_mean,
     histogram_quantile,
     identify,
-    loopback_hosts,
     open_browser_peer,
     pattern,
     running_server,
@@ -33,11 +30,6 @@ class SlowBicubic(BicubicEngine):
     def step(self, requests, timer=None, pixel_format="rgb24"):
         time.sleep(self.delay)
         return super().step(requests, timer, pixel_format)
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 async def test_overload_drops_stale_frames_and_keeps_latency_bounded() -> None:

@@ -8,15 +8,12 @@ import re
 import statistics
 import time
 
-import aioice.ice
-import pytest
 from support.webrtc import (
     PROBLEM,
     SyntheticVideo,
     histogram_mean,
     histogram_quantile,
     identify,
-    loopback_hosts,
     make_offer,
     open_browser_peer,
     running_server,
@@ -27,11 +24,6 @@ from support.webrtc import (
 from streamvsr.engine import BicubicEngine
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 async def test_metrics_after_a_run() -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import aioice.ice
 import numpy as np
-import pytest
 from support.webrtc import (
     SyntheticVideo,
     identify,
-    loopback_hosts,
     open_browser_peer,
     pattern,
     running_server,
@@ -21,11 +18,6 @@ from streamvsr.engine import BicubicEngine
 
 RED = (200, 30, 30)
 BLUE = (30, 30, 200)
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 async def stream_for(seconds: float, *peers) -> None:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aioice.ice
 import pytest
 from support.webrtc import (
     PROBLEM,
     SyntheticVideo,
-    loopback_hosts,
     open_browser_peer,
     running_server,
     value,
@@ -19,11 +17,6 @@ from support.webrtc import (
 )
 
 from streamvsr.engine import BicubicEngine
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 class SlowStart(BicubicEngine):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aioice.ice
 import numpy as np
-import pytest
 from aiortc import RTCSessionDescription
 from support.webrtc import (
     Collector,
@@ -17,7 +15,6 @@ from support.webrtc import (
     codec,
     h264_baseline,
     identify,
-    loopback_hosts,
     make_offer,
     problem_of,
     running_server,
@@ -32,11 +29,6 @@ from streamvsr.engine import BicubicEngine
 TOKEN = "obs-stream-key"
 SDP = "application/sdp"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 async def obs_like_publisher(video: SyntheticVideo, audio: SineAudio):

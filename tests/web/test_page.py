@@ -21,13 +21,11 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aioice.ice
 import numpy as np
 import pytest
 from playwright.async_api import Page, async_playwright
 from support.webrtc import (
     SyntheticVideo,
-    loopback_hosts,
     open_browser_peer,
     running_server,
     wait_until,
@@ -37,11 +35,14 @@ from streamvsr.engine import BicubicEngine
 from streamvsr.server.http import RUNTIME
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="Chromium is not installed at /usr/bin/chromium (apt-get install chromium); "
-    "the page tests need a real browser",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Chromium is not installed at /usr/bin/chromium (apt-get install chromium); "
+        "the page tests need a real browser",
+    ),
+    pytest.mark.usefixtures("loopback_ice"),
+]
 
 ARTIFACTS = Path(os.environ.get("STREAMVSR_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
 BASE_FLAGS = [
@@ -108,11 +109,6 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("camera") / "camera.y4m"
     write_y4m(path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_hosts)
 
 
 @contextlib.asynccontextmanager

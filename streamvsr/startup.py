@@ -1,0 +1,90 @@
+"""Process-wide changes to libraries, all made here, each with the reason it is needed.
+
+The code that needs a change asks ``install`` for it: the server's start (encoders, ICE), the
+engine choice (torch threads) and the command line (log levels). Installing the same thing again
+changes nothing more. Libraries are imported where they are changed, so that a process pays only
+for what it asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+# Per-packet (aioice, aiortc) and per-request (aiohttp.access) log records.
+CHATTY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
+
+
+def install(
+    *,
+    chatter_level: int | None = None,
+    encoder_factory: Callable | None = None,
+    host_addresses: Sequence[str] = (),
+    udp_ports: tuple[int, int] = (0, 0),
+    cpu_threads: int | None = None,
+) -> None:
+    """Install the changes asked for; a part left at its default is not touched.
+
+    chatter_level: log level of the chatty libraries (diffusers is always held at errors).
+    encoder_factory: aiortc's video encoder factory (``server.encoders.encoder_factory``).
+    host_addresses: the only host ICE candidates aioice offers (empty: all but loopback).
+    udp_ports: (low, high) ports for the running loop's "any port" UDP sockets ((0, 0): any).
+    cpu_threads: torch's intra-op threads.
+    """
+    if chatter_level is not None:
+        _quiet_libraries(chatter_level)
+    if encoder_factory is not None:
+        _replace_encoder_factory(encoder_factory)
+    if host_addresses:
+        _restrict_host_addresses(host_addresses)
+    if udp_ports[0]:
+        _bind_udp_port_range(*udp_ports)
+    if cpu_threads is not None:
+        _set_cpu_threads(cpu_threads)
+
+
+def _quiet_libraries(level: int) -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    # Progress bars and dtype-casting advice while loading a checkpoint are not for our users.
+    diffusers_logging.set_verbosity_error()
+
+
+def _replace_encoder_factory(factory: Callable) -> None:
+    from aiortc import rtcrtpsender
+
+    # aiortc caps bitrates for webcams and has no setting for its encoders: senders look the
+    # factory up in this module on each new encoder, so replacing it reaches every sender.
+    rtcrtpsender.get_encoder = factory
+
+
+def _restrict_host_addresses(addresses: Sequence[str]) -> None:
+    import aioice.ice
+
+    from streamvsr.server.ice import host_address_filter
+
+    # aioice offers every local address and has no option to choose: in Docker or on a host with
+    # many interfaces only the configured ones are reachable.
+    aioice.ice.get_host_addresses = host_address_filter(addresses)
+
+
+def _bind_udp_port_range(low: int, high: int) -> None:
+    from streamvsr.server.ice import port_range_endpoint
+
+    # aioice has no port-range option (a firewall or Docker publishes only a range): it binds
+    # port 0 through the running loop, so that loop's method is wrapped; other loops are not.
+    loop = asyncio.get_running_loop()
+    original = getattr(loop.create_datagram_endpoint, "unpatched", loop.create_datagram_endpoint)
+    wrapper = port_range_endpoint(original, low, high)
+    wrapper.unpatched = original  # type: ignore[attr-defined]  # a second install wraps this
+    loop.create_datagram_endpoint = wrapper  # type: ignore[method-assign]
+
+
+def _set_cpu_threads(threads: int) -> None:
+    import torch
+
+    # One setting for the whole process: the caller says why its engine wants this many.
+    torch.set_num_threads(threads)
