@@ -9,7 +9,6 @@ frames in/out/dropped, and stops at the first stream count where frames are drop
 from __future__ import annotations
 
 import asyncio
-import fractions
 import os
 import socket
 import subprocess
@@ -19,39 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import av
 import psutil
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamvsr.server.ice import restrict_host_addresses
+from streamvsr import startup
 
+from .camera import PacedCamera
 from .frames import moving_frames
+from .histograms import bucket_quantile
 
-VIDEO_CLOCK = 90_000
+FRAMES = 60  # a camera cycles through this many moving frames
 
 
-class SyntheticCamera(MediaStreamTrack):
+def camera(width: int, height: int, fps: int, seed: int = 0) -> PacedCamera:
     """Moving LR frames at a fixed rate, like a webcam."""
-
-    kind = "video"
-
-    def __init__(self, width: int, height: int, fps: int, seed: int = 0):
-        super().__init__()
-        self.frames = moving_frames(height, width, 60, seed=seed)
-        self.fps = fps
-        self.count = 0
-        self.start: float | None = None
-
-    async def recv(self) -> av.VideoFrame:
-        if self.start is None:
-            self.start = time.monotonic()
-        await asyncio.sleep(max(0.0, self.start + self.count / self.fps - time.monotonic()))
-        frame = av.VideoFrame.from_ndarray(self.frames[self.count % 60], format="rgb24")
-        frame.pts = self.count * VIDEO_CLOCK // self.fps
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self.count += 1
-        return frame
+    frames = moving_frames(height, width, FRAMES, seed=seed)
+    return PacedCamera(lambda n: frames[n % FRAMES], fps)
 
 
 @dataclass
@@ -64,7 +47,7 @@ class Client:
 async def open_client(base: str, http: aiohttp.ClientSession, size, fps, seed) -> Client:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     client = Client(pc)
-    pc.addTransceiver(SyntheticCamera(*size, fps, seed), direction="sendrecv")
+    pc.addTransceiver(camera(*size, fps, seed), direction="sendrecv")
 
     @pc.on("track")
     def on_track(track) -> None:
@@ -97,24 +80,13 @@ def scrape(text: str) -> dict[str, Any]:
 
 
 def histogram_quantile(metrics: dict[str, Any], name: str, q: float, base=None) -> float | None:
-    """Quantile from cumulative buckets (linear within a bucket), optionally minus a baseline."""
-    buckets = sorted(
-        (float(k.split("le=")[1]), v - ((base or {}).get(k, 0)))
+    """Quantile of a scraped histogram, optionally of what it observed since ``base``."""
+    buckets = [
+        (float(k.split("le=")[1]), v - (base or {}).get(k, 0))
         for k, v in metrics.items()
         if k.startswith(f"{name}_bucket|")
-    )
-    total = buckets[-1][1] if buckets else 0
-    if total <= 0:
-        return None
-    previous_le, previous_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= q * total:
-            if le == float("inf"):
-                return previous_le
-            share = (q * total - previous_count) / max(count - previous_count, 1e-9)
-            return previous_le + (le - previous_le) * share
-        previous_le, previous_count = le, count
-    return previous_le
+    ]
+    return bucket_quantile(buckets, q)
 
 
 def free_port() -> int:
@@ -179,7 +151,7 @@ def run(
     engine_args: list[str], max_streams: int, seconds: float, size, fps, env=None
 ) -> list[dict]:
     """Start ``streamvsr serve`` and measure 1..max_streams streams until frames drop."""
-    restrict_host_addresses(["127.0.0.1"])  # the clients, like the server, stay on loopback
+    startup.install(host_addresses=["127.0.0.1"])  # the clients, like the server, stay on loopback
     port = free_port()
     env = {**os.environ, **(env or {}), "STREAMVSR_SERVER__ICE_HOST_ADDRESSES": "127.0.0.1"}
     command = [sys.executable, "-m", "streamvsr", "serve", "--port", str(port), "--max-sessions",

@@ -1,8 +1,8 @@
 """Helpers for the server's end-to-end tests: a server on a free loopback port, aiortc client peers
 (browser-like /offer, OBS-like WHIP, WHEP viewers), synthetic media and metric scraping.
 
-Network rule: every ICE candidate is 127.0.0.1 (the server's ``ice_host_addresses`` and
-``loopback_hosts`` below) and client peers never get an ICE server.
+Network rule: every ICE candidate is 127.0.0.1 (the server's ``ice_host_addresses`` and the
+``loopback_ice`` fixture of tests/conftest.py) and client peers never get an ICE server.
 
 Synthetic video frames carry their own index (an 8-bit code in a band at the top: white/black
 blocks) and a bright vertical bar whose position follows the index, so that a received 4x frame
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import aioice.ice
 import aioice.stun
 import av
 import numpy as np
@@ -36,12 +35,13 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamvsr.bench.camera import PacedCamera
+from streamvsr.bench.histograms import bucket_quantile
 from streamvsr.config import load_settings
 from streamvsr.engines import EngineChoice
 from streamvsr.server.app import create_app
 
 LOOPBACK = "127.0.0.1"
-VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 PROBLEM = "application/problem+json"
 
 CODE_BITS = 8  # blocks in the index band
@@ -115,46 +115,14 @@ def identify(received: np.ndarray, video: SyntheticVideo, factor: int = 4) -> tu
 # --- media tracks --------------------------------------------------------------------------------
 
 
-class SyntheticVideo(MediaStreamTrack):
-    """A paced video source: its k-th frame shows ``make_frame(first + k)``, with pts k * 3000
-    (90 kHz, 30 fps).
-
-    ``sent[first + k]`` records (monotonic time handed to the encoder, image). ``pause()`` stops
-    the source (no more frames: a peer that goes quiet) without closing anything.
-    """
-
-    kind = "video"
+class SyntheticVideo(PacedCamera):
+    """The benchmarks' paced camera showing ``pattern`` frames (or ``make_frame``'s), each kept in
+    ``sent``: 90 kHz pts, 30 fps by default."""
 
     def __init__(
         self, make_frame: Callable[[int], np.ndarray] = pattern, fps: float = 30, first: int = 0
     ):
-        super().__init__()
-        self.make_frame = make_frame
-        self.fps = fps
-        self.first = first
-        self.count = 0
-        self.sent: dict[int, tuple[float, np.ndarray]] = {}
-        self._start: float | None = None
-        self._resume = asyncio.Event()
-        self._resume.set()
-
-    def pause(self) -> None:
-        self._resume.clear()
-
-    async def recv(self) -> av.VideoFrame:
-        await self._resume.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        await asyncio.sleep(max(0.0, self._start + self.count / self.fps - time.monotonic()))
-        image = self.make_frame(self.first + self.count)
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts = self.count * int(90000 / self.fps)
-        frame.time_base = VIDEO_TIME_BASE
-        self.sent[self.first + self.count] = (time.monotonic(), image)
-        self.count += 1
-        return frame
+        super().__init__(make_frame, fps, first, keep_sent=True)
 
 
 class SineAudio(MediaStreamTrack):
@@ -260,12 +228,6 @@ class Collector:
 def client_pc() -> RTCPeerConnection:
     """A client peer that contacts no STUN/TURN server."""
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
-def loopback_hosts(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    """Replaces ``aioice.ice.get_host_addresses``: every peer in this process offers only
-    127.0.0.1 as its host candidate."""
-    return [LOOPBACK] if use_ipv4 else []
 
 
 class StunResponder(asyncio.DatagramProtocol):
@@ -505,18 +467,15 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 def histogram_quantile(samples, name: str, q: float, **labels: str) -> float:
-    """Upper bound of the bucket that holds quantile ``q`` (Prometheus-style, no interpolation)."""
-    buckets = sorted(
+    """Quantile ``q`` of a histogram as PromQL computes it (see ``bucket_quantile``)."""
+    buckets = [
         (float(lbl["le"]), v)
         for n, lbl, v in samples
         if n == f"{name}_bucket" and all(lbl.get(k) == x for k, x in labels.items())
-    )
-    total = buckets[-1][1]
-    assert total > 0, f"{name} has no observations"
-    for le, count in buckets:
-        if count >= q * total:
-            return le
-    return math.inf
+    ]
+    quantile = bucket_quantile(buckets, q)
+    assert quantile is not None, f"{name} has no observations"
+    return quantile
 
 
 def histogram_mean(samples, name: str, **labels: str) -> float:
