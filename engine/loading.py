@@ -291,10 +291,7 @@ def _load_scheduler(root: Path) -> DDIMScheduler:
 def encode_empty_prompt(root: Path) -> torch.Tensor:
     """CLIP embedding of the empty prompt (1, 77, D), computed on the CPU; the encoder is freed."""
     from transformers import CLIPTextModel, CLIPTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
         encoder = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=torch.float32)

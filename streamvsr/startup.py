@@ -26,7 +26,8 @@ def install(
 ) -> None:
     """Install the changes asked for; a part left at its default is not touched.
 
-    chatter_level: log level of the chatty libraries (diffusers is always held at errors).
+    chatter_level: log level of the chatty libraries (diffusers and transformers are always held
+        at errors, without progress bars).
     encoder_factory: aiortc's video encoder factory (``server.encoders.encoder_factory``).
     host_addresses: the only host ICE candidates aioice offers (empty: all but loopback).
     udp_ports: (low, high) ports for the running loop's "any port" UDP sockets ((0, 0): any).
@@ -46,11 +47,14 @@ def install(
 
 def _quiet_libraries(level: int) -> None:
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(level)
     # Progress bars and dtype-casting advice while loading a checkpoint are not for our users.
-    diffusers_logging.set_verbosity_error()
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
 
 
 def _replace_encoder_factory(factory: Callable) -> None:
