@@ -27,7 +27,7 @@ def node_packages(*specs: str) -> Path:
     if missing:
         PREFIX.mkdir(exist_ok=True)
         done = subprocess.run(
-            ["npm", "install", "--prefix", str(PREFIX), "--no-save", "--no-audit", "--no-fund",
+            ["npm", "install", "--prefix", str(PREFIX), "--no-audit", "--no-fund",
              *missing],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
