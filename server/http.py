@@ -48,5 +48,7 @@ def cors_headers(origin: str, methods: str) -> dict[str, str]:
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": methods,
         "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-        "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Post, Retry-After",
+        "Access-Control-Expose-Headers": (
+            "Location, Link, ETag, Accept-Post, Accept-Patch, Retry-After"
+        ),
     }

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-from aiortc import RTCPeerConnection
+from aiortc import InvalidStateError, RTCPeerConnection
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -20,6 +22,22 @@ from .publisher import Publisher
 from .scheduler import FrameScheduler
 
 log = logging.getLogger(__name__)
+
+
+class PeerConnection(RTCPeerConnection):
+    """aiortc's connection, quiet when it is closed while it connects.
+
+    ``setLocalDescription`` starts a connect task that nobody awaits; closed during the DTLS
+    handshake, that task goes on to start the bundled transceivers' ICE transport, now closed, and
+    its ``InvalidStateError`` is logged as "Task exception was never retrieved".
+    """
+
+    async def _RTCPeerConnection__connect(self) -> None:
+        try:
+            await super()._RTCPeerConnection__connect()
+        except InvalidStateError:
+            if self.connectionState != "closed":
+                raise
 
 
 class PeerSession:
@@ -124,6 +142,34 @@ class WhepSession(PeerSession):
         await super().close()
 
 
+class EndedSessions:
+    """The last ``size`` sessions that ended, for ``ttl_s``: OBS and WHEP players close their peer
+    connection (which ends the session) and only then send DELETE, which still deserves a 200."""
+
+    def __init__(
+        self, size: int = 256, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.size, self.ttl_s, self.clock = size, ttl_s, clock
+        self._ended: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
+
+    def add(self, session: PeerSession) -> None:
+        self._expire()
+        self._ended[session.id] = (session.kind, getattr(session, "stream", None), self.clock())
+        while len(self._ended) > self.size:
+            self._ended.popitem(last=False)
+
+    def find(self, session_id: str) -> tuple[str, str | None] | None:
+        """The kind and stream of a session that ended lately."""
+        self._expire()
+        ended = self._ended.get(session_id)
+        return ended and ended[:2]
+
+    def _expire(self) -> None:
+        oldest = self.clock() - self.ttl_s
+        while self._ended and next(iter(self._ended.values()))[2] < oldest:
+            self._ended.popitem(last=False)
+
+
 class SessionRegistry:
     """The open sessions: at most ``max_sessions``, counted by kind in the sessions gauge."""
 
@@ -134,6 +180,7 @@ class SessionRegistry:
         self._sessions: dict[str, PeerSession] = {}
         self._pending = 0  # sessions being negotiated (counted against the limit)
         self._claimed: set[str] = set()  # streams whose publisher is being negotiated
+        self.ended = EndedSessions()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -186,6 +233,7 @@ class SessionRegistry:
         session.closed = True
         if self._sessions.pop(session.id, None) is not None:
             self.metrics.sessions.labels(session.kind).dec()
+            self.ended.add(session)
         log.info("%s closed: %s", session, reason)
         self.scheduler.remove_source(session.id)
         await session.close()

@@ -1,15 +1,16 @@
 """WHIP ingest (RFC 9725, e.g. from OBS) and WHEP playback (draft-ietf-wish-whep) endpoints.
 
 Both follow one shape: ``POST`` an SDP offer to the endpoint -> ``201 Created`` with ``Location``
-(the session resource) and the SDP answer; ``DELETE`` on the resource ends the session. There is
-no server-side trickle ICE in aiortc (every candidate is in the answer), so ``PATCH`` is 405.
+(the session resource), ``ETag`` and the SDP answer; ``DELETE`` on the resource ends the session
+(200 also when it ended lately). ``PATCH`` with an SDP fragment trickles the client's candidates
+(204); our own are all in the answer (aiortc gathers them at once), and aiortc cannot restart ICE
+(422).
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 from aiohttp import web
+from aiortc import RTCPeerConnection
 
 from streamvsr.config import ServerSettings
 
@@ -17,9 +18,12 @@ from .http import RUNTIME, check_bearer, cors_headers, require_content_type, run
 from .ice import link_headers
 from .peers import open_whep, open_whip
 from .problems import Problem
+from .sdp import IceFragment, ice_credentials, media_ids, parse_ice_fragment
 from .sessions import PeerSession, WhepSession, WhipSession
 
 SDP = "application/sdp"
+TRICKLE = "application/trickle-ice-sdpfrag"
+RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
 DEFAULT_STREAM = "live"
 SETTINGS = web.AppKey("server_settings", ServerSettings)
 ResourceType = type[WhipSession] | type[WhepSession]  # what a session URL names
@@ -33,7 +37,8 @@ def _created(request: web.Request, location: str, session: PeerSession, answer: 
     settings = _settings(request)
     headers = {
         "Location": location,
-        "ETag": f'"{session.id}"',
+        "ETag": _etag(session),
+        "Accept-Patch": TRICKLE,
         **cors_headers(settings.cors_origin, "POST, OPTIONS"),
     }
     response = web.Response(status=201, text=answer, content_type=SDP, headers=headers)
@@ -59,6 +64,11 @@ async def post_whep(request: web.Request) -> web.Response:
     return _created(request, f"/whep/{stream}/{session.id}", session, answer)
 
 
+def _etag(session: PeerSession) -> str:
+    """The entity tag of the session's ICE session: it never restarts, so one per session."""
+    return f'"{session.id}"'
+
+
 def _resource(request: web.Request, session_type: ResourceType):
     """The session that the URL names: an open one of that type, on that stream."""
     rt = request.app.get(RUNTIME)
@@ -68,6 +78,12 @@ def _resource(request: web.Request, session_type: ResourceType):
             404, "No such session", f"{request.path} is not an open {session_type.kind} session"
         )
     return rt, session
+
+
+def _ended_lately(request: web.Request, session_type: ResourceType) -> bool:
+    rt = request.app.get(RUNTIME)
+    ended = rt and rt.registry.ended.find(request.match_info["session"])
+    return ended == (session_type.kind, request.match_info["stream"])
 
 
 async def delete_whip(request: web.Request) -> web.Response:
@@ -80,28 +96,70 @@ async def delete_whep(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request, session_type: ResourceType) -> web.Response:
-    rt, session = _resource(request, session_type)
-    await rt.registry.close(session, "DELETE by the client")
-    headers = cors_headers(_settings(request).cors_origin, "DELETE, PATCH, OPTIONS")
+    if not _ended_lately(request, session_type):
+        rt, session = _resource(request, session_type)
+        await rt.registry.close(session, "DELETE by the client")
+    headers = cors_headers(_settings(request).cors_origin, RESOURCE_METHODS)
     return web.Response(status=200, headers=headers)
 
 
 async def patch_whip(request: web.Request) -> web.Response:
     check_bearer(request, _settings(request).whip_token)
-    _refuse_patch(request, WhipSession)
+    return await _patch(request, WhipSession)
 
 
 async def patch_whep(request: web.Request) -> web.Response:
-    _refuse_patch(request, WhepSession)
+    return await _patch(request, WhepSession)
 
 
-def _refuse_patch(request: web.Request, session_type: ResourceType) -> NoReturn:
-    _resource(request, session_type)
-    raise Problem(
-        405, "Method Not Allowed",
-        "trickle ICE and ICE restarts are not supported: all candidates are in the answer",
-        {"Allow": "DELETE, OPTIONS"},
-    )  # fmt: skip
+async def _patch(request: web.Request, session_type: ResourceType) -> web.Response:
+    """Trickle ICE (RFC 9725 section 4.3): the client's candidates, sent after its offer."""
+    _, session = _resource(request, session_type)
+    require_content_type(request, TRICKLE)
+    _check_if_match(request, session)
+    fragment = parse_ice_fragment(await request.text())
+    offer = session.pc.remoteDescription.sdp
+    _refuse_restart(fragment, offer)
+    await _add_candidates(session.pc, fragment, media_ids(offer))
+    headers = cors_headers(_settings(request).cors_origin, RESOURCE_METHODS)
+    return web.Response(status=204, headers=headers)
+
+
+def _check_if_match(request: web.Request, session: PeerSession) -> None:
+    given = request.headers.get("If-Match")
+    if given is None or given.strip() == "*":
+        return
+    if _etag(session) not in (tag.strip() for tag in given.split(",")):
+        raise Problem(
+            412, "Precondition Failed",
+            f"If-Match {given} is not this ICE session's ETag {_etag(session)}",
+        )  # fmt: skip
+
+
+def _refuse_restart(fragment: IceFragment, offer: str) -> None:
+    ufrag, pwd = ice_credentials(offer)
+    if fragment.ufrag not in (None, ufrag) or fragment.pwd not in (None, pwd):
+        raise Problem(
+            422, "ICE restart not supported",
+            "the fragment's ice-ufrag/ice-pwd differ from the offer's: aiortc cannot restart ICE; "
+            "DELETE this session and POST a new offer",
+        )  # fmt: skip
+
+
+async def _add_candidates(pc: RTCPeerConnection, fragment: IceFragment, mids: list[str]) -> None:
+    for section in fragment.sections:
+        if section.mid is not None and section.mid not in mids:
+            raise Problem(
+                400, "Unknown mid", f"mid {section.mid!r} is not in the offer (it has {mids})"
+            )
+    for section in fragment.sections:
+        for candidate in section.candidates:
+            # Matched by mid; a section without one by its position (m= lines follow the offer's).
+            candidate.sdpMid = section.mid
+            candidate.sdpMLineIndex = section.index if section.mid is None else None
+            await pc.addIceCandidate(candidate)
+    if fragment.end:  # aiortc ends them all at once: BUNDLE has one ICE transport anyway
+        await pc.addIceCandidate(None)
 
 
 async def options_endpoint(request: web.Request) -> web.Response:
@@ -114,7 +172,8 @@ async def options_endpoint(request: web.Request) -> web.Response:
 
 
 async def options_resource(request: web.Request) -> web.Response:
-    headers = cors_headers(_settings(request).cors_origin, "DELETE, PATCH, OPTIONS")
+    headers = cors_headers(_settings(request).cors_origin, RESOURCE_METHODS)
+    headers["Accept-Patch"] = TRICKLE
     return web.Response(status=204, headers=headers)
 
 

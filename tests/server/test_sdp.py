@@ -10,7 +10,11 @@ from streamvsr.server.sdp import (
     check_publish_offer,
     check_view_offer,
     describe_codecs,
+    ice_credentials,
+    media_ids,
+    parse_ice_fragment,
     parse_media,
+    sha256_fingerprint_only,
 )
 
 SESSION = [
@@ -157,3 +161,96 @@ def test_describe_codecs_lists_each_section() -> None:
     assert describe_codecs(sdp) == "video: H264, RTX, VP8; audio: OPUS; application: none"
     with pytest.raises(Problem):
         describe_codecs("not an offer")
+
+
+# --- trickle ICE fragments (RFC 8840) ------------------------------------------------------------
+
+HOST = "1 1 udp 2130706431 127.0.0.1 50000 typ host"
+SRFLX = "2 1 UDP 1694498815 203.0.113.7 61000 typ srflx raddr 10.0.0.2 rport 50001"
+
+
+def test_an_ice_fragment_gives_credentials_and_candidates_per_section() -> None:
+    fragment = parse_ice_fragment(
+        "a=ice-ufrag:abcd\r\na=ice-pwd:secret\r\na=group:BUNDLE 0 1\r\n"
+        f"m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:{HOST}\r\n"
+        f"a=candidate:{SRFLX}\r\na=end-of-candidates\r\n"
+        "m=video 9 RTP/AVP 0\nc=IN IP4 0.0.0.0\na=mid:1\n"
+    )
+    assert (fragment.ufrag, fragment.pwd, fragment.end) == ("abcd", "secret", True)
+    audio, video = fragment.sections
+    assert (audio.index, audio.mid, video.index, video.mid) == (0, "0", 1, "1")
+    host, srflx = audio.candidates
+    assert (host.ip, host.port, host.type, host.priority) == (
+        "127.0.0.1",
+        50000,
+        "host",
+        2130706431,
+    )
+    assert (srflx.type, srflx.relatedAddress, srflx.relatedPort) == ("srflx", "10.0.0.2", 50001)
+    assert video.candidates == []
+
+
+def test_end_of_candidates_may_be_session_level_and_credentials_media_level() -> None:
+    fragment = parse_ice_fragment("a=end-of-candidates\r\n")
+    assert fragment.end and fragment.sections == [] and fragment.ufrag is None
+    fragment = parse_ice_fragment("m=audio 9 RTP/AVP 0\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\n")
+    assert (fragment.ufrag, fragment.pwd, fragment.end) == ("u", "p", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        ("candidate:1 1 udp 1 127.0.0.1 5 typ host", "Malformed SDP fragment"),
+        (f"a=candidate:{HOST}", "Malformed SDP fragment"),  # outside an m= section
+        ("a=mid:0", "Malformed SDP fragment"),
+        (
+            "m=audio 9 RTP/AVP 0\r\na=candidate:1 1 udp 1 127.0.0.1 5 host",
+            "Malformed ICE candidate",
+        ),
+        (
+            "m=audio 9 RTP/AVP 0\r\na=candidate:1 x udp 1 127.0.0.1 5 typ host",
+            "Malformed ICE candidate",
+        ),
+        ("m=audio 9 RTP/AVP 0\r\na=candidate:1 1 udp", "Malformed ICE candidate"),
+        (
+            f"m=audio 9 RTP/AVP 0\r\na=candidate:{HOST} raddr 0.0.0.0 rport x",
+            "Malformed ICE candidate",
+        ),
+    ],
+)
+def test_bad_ice_fragments_are_400(text: str, title: str) -> None:
+    with pytest.raises(Problem) as caught:
+        parse_ice_fragment(text)
+    assert (caught.value.status, caught.value.title) == (400, title)
+
+
+def test_ice_credentials_and_media_ids_of_an_offer() -> None:
+    sdp = offer(
+        [*section("audio", "sendonly", OPUS), "a=mid:a"], [*section("video", None, VP8), "a=mid:v"]
+    )
+    assert ice_credentials(sdp) == ("abcd", "0123456789abcdef012345")
+    assert media_ids(sdp) == ["a", "v"]
+    assert ice_credentials("v=0\r\n") == (None, None)
+
+
+def test_answers_keep_only_their_sha256_fingerprints() -> None:
+    """aiortc's answers list sha-256, -384 and -512 (session level or per m= section)."""
+    prints = ["a=fingerprint:sha-256 AA:BB", "a=fingerprint:sha-384 CC", "a=fingerprint:sha-512 DD"]
+    sdp = offer(section("audio", "sendonly", [*OPUS, *prints]), section("video", None, VP8))
+    kept = sha256_fingerprint_only(sdp)
+    assert [line for line in kept.split("\r\n") if "fingerprint" in line] == [
+        "a=fingerprint:sha-256 AA:BB",  # the session's
+        "a=fingerprint:sha-256 AA:BB",  # the audio section's
+    ]
+    assert kept == sdp.replace("a=fingerprint:sha-384 CC\r\n", "").replace(
+        "a=fingerprint:sha-512 DD\r\n", ""
+    )
+
+
+def test_an_answer_without_a_sha256_fingerprint_is_left_alone() -> None:
+    sdp = offer(section("video", None, [*VP8, "a=fingerprint:sha-512 DD"])).replace(
+        "a=fingerprint:sha-256 AA:BB\r\n", ""
+    )
+    assert "sha-256" not in sdp
+    assert sha256_fingerprint_only(sdp) == sdp
+    assert sha256_fingerprint_only(sdp.replace("\r\n", "\n")) == sdp.replace("\r\n", "\n")
