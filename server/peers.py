@@ -12,8 +12,20 @@ from .ice import advertise_public_ip
 from .problems import Problem
 from .publisher import Publisher
 from .runtime import Runtime
-from .sdp import check_publish_offer, check_view_offer, describe_codecs
-from .sessions import BrowserSession, PeerSession, UpscaledSession, WhepSession, WhipSession
+from .sdp import (
+    check_publish_offer,
+    check_view_offer,
+    describe_codecs,
+    sha256_fingerprint_only,
+)
+from .sessions import (
+    BrowserSession,
+    PeerConnection,
+    PeerSession,
+    UpscaledSession,
+    WhepSession,
+    WhipSession,
+)
 from .tracks import deliver_to, pump_video
 
 
@@ -21,7 +33,7 @@ async def open_browser(rt: Runtime, offer: str) -> tuple[BrowserSession, str]:
     """The page's session; returns it and the SDP answer."""
     check_publish_offer(offer)
     with rt.registry.reservation():
-        session = BrowserSession(RTCPeerConnection(rt.rtc_config), Publisher(rt.metrics))
+        session = BrowserSession(PeerConnection(rt.rtc_config), Publisher(rt.metrics))
         # The upscaled video goes back on the offer's video section.
         _add_sender(session.pc, session.output, "sendrecv", rt.settings.video_codec)
         return session, await _open_upscaled(rt, session, offer)
@@ -31,7 +43,7 @@ async def open_whip(rt: Runtime, stream: str, offer: str) -> tuple[WhipSession, 
     """A WHIP publisher of ``stream``; returns it and the SDP answer."""
     check_publish_offer(offer)
     with rt.registry.reservation(publishing=stream):
-        session = WhipSession(RTCPeerConnection(rt.rtc_config), Publisher(rt.metrics), stream)
+        session = WhipSession(PeerConnection(rt.rtc_config), Publisher(rt.metrics), stream)
         return session, await _open_upscaled(rt, session, offer)
 
 
@@ -61,7 +73,7 @@ async def open_whep(rt: Runtime, stream: str, offer: str) -> tuple[WhepSession, 
             409, "Stream not live", f"stream {stream!r} has no publisher", {"Retry-After": "5"}
         )
     with rt.registry.reservation():
-        session = WhepSession(RTCPeerConnection(rt.rtc_config), source)
+        session = WhepSession(PeerConnection(rt.rtc_config), source)
         for track in session.tracks:
             _add_sender(session.pc, track, "sendonly", rt.settings.video_codec)
         return session, await _answer(rt, session, offer)
@@ -94,7 +106,9 @@ async def _answer(rt: Runtime, session: PeerSession, offer: str) -> str:
     if session.closed:  # a viewer whose stream ended meanwhile
         raise Problem(409, "Stream not live", f"{session} ended while it was negotiated")
     rt.registry.add(session)
-    return advertise_public_ip(pc.localDescription.sdp, rt.settings.public_ip)
+    # Else libdatachannel peers (OBS, WHEP players) fail DTLS now and then.
+    answer = sha256_fingerprint_only(pc.localDescription.sdp)
+    return advertise_public_ip(answer, rt.settings.public_ip)
 
 
 def _add_sender(pc: RTCPeerConnection, track, direction: str, video_codec: str) -> None:
