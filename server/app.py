@@ -17,7 +17,7 @@ from streamvsr.config import Settings
 from streamvsr.engine import FrameRequest
 from streamvsr.engines import EngineChoice, create_engine
 
-from . import encoders
+from . import decoding, encoders
 from .http import RUNTIME
 from .ice import rtc_configuration
 from .metrics import Metrics
@@ -64,8 +64,11 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
         )  # fmt: skip
         startup.install(
             encoder_factory=encoder_factory,
+            decoder_factory=decoding.decoder_factory(app[METRICS].undecodable_frames.inc),
             host_addresses=settings.server.ice_host_addresses,
             udp_ports=(settings.server.udp_port_min, settings.server.udp_port_max),
+            traffic_consent=True,
+            dtls_failure_log=True,
         )
         app[STARTUP] = asyncio.create_task(_start_engine(app, settings, choice))
 

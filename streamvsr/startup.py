@@ -1,9 +1,9 @@
 """Process-wide changes to libraries, all made here, each with the reason it is needed.
 
-The code that needs a change asks ``install`` for it: the server's start (encoders, ICE), the
-engine choice (torch threads) and the command line (log levels). Installing the same thing again
-changes nothing more. Libraries are imported where they are changed, so that a process pays only
-for what it asks for.
+The code that needs a change asks ``install`` for it: the server's start (encoders, decoders,
+ICE, consent, DTLS logging), the engine choice (torch threads) and the command line (log
+levels). Installing the same thing again changes nothing more. Libraries are imported where they
+are changed, so that a process pays only for what it asks for.
 """
 
 from __future__ import annotations
@@ -20,29 +20,42 @@ def install(
     *,
     chatter_level: int | None = None,
     encoder_factory: Callable | None = None,
+    decoder_factory: Callable | None = None,
     host_addresses: Sequence[str] = (),
     udp_ports: tuple[int, int] = (0, 0),
     cpu_threads: int | None = None,
+    traffic_consent: bool = False,
+    dtls_failure_log: bool = False,
 ) -> None:
     """Install the changes asked for; a part left at its default is not touched.
 
     chatter_level: log level of the chatty libraries (diffusers and transformers are always held
         at errors, without progress bars).
     encoder_factory: aiortc's video encoder factory (``server.encoders.encoder_factory``).
+    decoder_factory: aiortc's decoder factory (``server.decoding.decoder_factory``).
     host_addresses: the only host ICE candidates aioice offers (empty: all but loopback).
     udp_ports: (low, high) ports for the running loop's "any port" UDP sockets ((0, 0): any).
     cpu_threads: torch's intra-op threads.
+    traffic_consent: authenticated traffic from the peer on the selected ICE pair counts as its
+        consent (RFC 7675) when it does not answer aioice's consent checks.
+    dtls_failure_log: a failed DTLS handshake is logged (warning) with OpenSSL's reason.
     """
     if chatter_level is not None:
         _quiet_libraries(chatter_level)
     if encoder_factory is not None:
         _replace_encoder_factory(encoder_factory)
+    if decoder_factory is not None:
+        _replace_decoder_factory(decoder_factory)
     if host_addresses:
         _restrict_host_addresses(host_addresses)
     if udp_ports[0]:
         _bind_udp_port_range(*udp_ports)
     if cpu_threads is not None:
         _set_cpu_threads(cpu_threads)
+    if traffic_consent:
+        _accept_traffic_as_consent()
+    if dtls_failure_log:
+        _log_dtls_failures()
 
 
 def _quiet_libraries(level: int) -> None:
@@ -65,6 +78,18 @@ def _replace_encoder_factory(factory: Callable) -> None:
     rtcrtpsender.get_encoder = factory
 
 
+def _replace_decoder_factory(factory: Callable) -> None:
+    from aiortc import rtcrtpreceiver
+
+    from streamvsr.server.decoding import without_decode_failures
+
+    # aiortc logs a warning per undecodable frame (seconds of them before OBS's first keyframe)
+    # and counts none: receivers look the factory up here on each new decoder, and the watched
+    # decoders log those failures instead (adding the same filter again changes nothing).
+    rtcrtpreceiver.get_decoder = factory
+    logging.getLogger(rtcrtpreceiver.__name__).addFilter(without_decode_failures)
+
+
 def _restrict_host_addresses(addresses: Sequence[str]) -> None:
     import aioice.ice
 
@@ -85,6 +110,43 @@ def _bind_udp_port_range(low: int, high: int) -> None:
     wrapper = port_range_endpoint(original, low, high)
     wrapper.unpatched = original  # type: ignore[attr-defined]  # a second install wraps this
     loop.create_datagram_endpoint = wrapper  # type: ignore[method-assign]
+
+
+def _accept_traffic_as_consent() -> None:
+    import aioice.ice
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    from streamvsr.server import consent
+
+    # FFmpeg's WHIP muxer answers no STUN binding requests once it streams, so aioice's consent
+    # checks (RFC 7675) go unanswered and it drops the publisher after ~30 s. Consent means "the
+    # peer is still there and willing": its authenticated binding requests or SRTP/SRTCP on the
+    # selected pair show that too. A peer that sends nothing still expires.
+    _wrap(aioice.ice.StunProtocol, "datagram_received", consent.noting_datagrams)
+    _wrap(aioice.ice.Connection, "request_received", consent.noting_requests)
+    _wrap(RTCDtlsTransport, "_handle_rtp_data", consent.noting_media)
+    _wrap(RTCDtlsTransport, "_handle_rtcp_data", consent.noting_media)
+    _wrap(aioice.ice.StunProtocol, "request", consent.forgiving_consent)
+
+
+def _log_dtls_failures() -> None:
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    from streamvsr.server import dtls
+
+    # aiortc logs a failed handshake only at debug level and loses OpenSSL's reason on the way
+    # ("error []"): a client whose certificate is refused (FFmpeg 8's WHIP with GnuTLS makes a
+    # P-224 one: "wrong curve") would fail without a word.
+    _wrap(RTCDtlsTransport, "_set_state", dtls.logging_dtls_failures)
+
+
+def _wrap(owner: type, name: str, wrapper: Callable[[Callable], Callable]) -> None:
+    """Replace ``owner.name`` by ``wrapper(original)``; a second install wraps the original."""
+    original = getattr(owner, name)
+    original = getattr(original, "unpatched", original)
+    wrapped = wrapper(original)
+    wrapped.unpatched = original  # type: ignore[attr-defined]
+    setattr(owner, name, wrapped)
 
 
 def _set_cpu_threads(threads: int) -> None:
