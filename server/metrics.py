@@ -16,6 +16,14 @@ STAGE_BUCKETS = (
 SESSION_KINDS = ("browser", "whip", "whep")
 DROP_REASONS = ("stale", "engine_error", "session_closed", "decode_error", "encoder_busy")
 
+# Counted in aiortc's decoder threads, which know no app: one count per process, shown by every
+# app's registry (a server is one process).
+UNDECODABLE_FRAMES = Counter(
+    "streamvsr_undecodable_frames_total",
+    "Received frames that could not be decoded (before a keyframe, after lost packets)",
+    registry=None,
+)
+
 
 class Metrics:
     """All of streamvsr's metrics, in a registry of their own (one per app)."""
@@ -63,6 +71,8 @@ class Metrics:
             "streamvsr_frames_dropped_total",
             "Frames not upscaled, by reason", ["reason"], registry=r,
         )  # fmt: skip
+        self.undecodable_frames = UNDECODABLE_FRAMES
+        r.register(UNDECODABLE_FRAMES)
         self.frames_downscaled = Counter(
             "streamvsr_frames_downscaled_total",
             "Input frames larger than the limit, downscaled before the engine", registry=r,
