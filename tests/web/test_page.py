@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from playwright.async_api import Page, async_playwright
+from support.browser import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
 from support.webrtc import (
     SyntheticVideo,
     open_browser_peer,
@@ -34,29 +35,10 @@ from support.webrtc import (
 from streamvsr.engine import BicubicEngine
 from streamvsr.server.http import RUNTIME
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Chromium is not installed at /usr/bin/chromium (apt-get install chromium); "
-        "the page tests need a real browser",
-    ),
-    pytest.mark.usefixtures("loopback_ice"),
-]
+pytestmark = [needs_chromium, pytest.mark.usefixtures("loopback_ice")]
 
 ARTIFACTS = Path(os.environ.get("STREAMVSR_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
-BASE_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
+BASE_FLAGS = [*CHROMIUM_FLAGS, "--use-fake-device-for-media-stream"]
 ACCEPT_CAMERA = "--use-fake-ui-for-media-stream"  # answers the permission prompt with "allow"
 
 # The fake camera's clip: 640x360 at 30 fps, 60 frames (Chromium loops it).

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from playwright.async_api import Page, Route, async_playwright
+from support.browser import CHROMIUM, CHROMIUM_FLAGS, needs_chromium
 from support.node import node_packages
 from support.webrtc import (
     SyntheticVideo,
@@ -30,26 +31,9 @@ from support.webrtc import (
 
 from streamvsr.engine import BicubicEngine
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
-    ),
-    pytest.mark.usefixtures("loopback_ice"),
-]
+pytestmark = [needs_chromium, pytest.mark.usefixtures("loopback_ice")]
 
 PLAYER = "whip-whep@1.2.0"
-FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--allow-loopback-in-peer-connection",  # else no candidates on a loopback-only network
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
 # The player page: the library's client views the stream; the page counts presented frames.
 PAGE = """<!doctype html>
 <video id="video" autoplay muted playsinline></video>
@@ -98,7 +82,9 @@ async def player_page(origin: str, library: Path) -> AsyncIterator[Page]:
 
     errors: list[str] = []
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS
+        )
         try:
             page = await browser.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
