@@ -2,6 +2,7 @@
 // recvonly H.264 + Opus, an offer that carries its candidates, the answer applied after the POST.
 //
 //   node ldc_whep_viewer.mjs WHEP_URL [--connections N] [--record FILE --frames K]
+//                                     [--candidates yes|no]
 //
 // Makes N viewers one after the other (each: POST, connect, optionally record, close, DELETE).
 // With --record, the first one writes the H.264 it receives as Annex-B to FILE (depacketized here:
@@ -61,7 +62,7 @@ function record(track, depacketizer, frames, timeoutMs) {
   });
 }
 
-async function view(url, index, recording) {
+async function view(url, index, recording, withCandidates) {
   const pc = loopbackPeer(`whep-viewer-${index}`);
   const video = new ndc.Video('0', 'RecvOnly');
   video.addH264Codec(96);
@@ -71,7 +72,7 @@ async function view(url, index, recording) {
   pc.addTrack(audio);
   const result = { index };
   try {
-    const offer = await makeOffer(pc, true);
+    const offer = await makeOffer(pc, withCandidates);
     const response = await fetch(url, {
       method: 'POST', body: offer, headers: { 'Content-Type': 'application/sdp' },
     });
@@ -98,10 +99,10 @@ async function view(url, index, recording) {
   }
 }
 
-const args = options({ connections: '1', frames: '30' });
+const args = options({ connections: '1', frames: '30', candidates: 'yes' });
 const viewers = [];
 for (let i = 0; i < Number(args.connections); i++) {
   const recording = i === 0 && args.record ? { file: args.record, frames: Number(args.frames) } : null;
-  viewers.push(await view(args._[0], i, recording));
+  viewers.push(await view(args._[0], i, recording, args.candidates === 'yes'));
 }
 report({ viewers });
