@@ -4,6 +4,7 @@ and WHEP viewers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import OperationError
@@ -27,6 +28,8 @@ from .sessions import (
     WhipSession,
 )
 from .tracks import deliver_to, pump_video
+
+log = logging.getLogger(__name__)
 
 
 async def open_browser(rt: Runtime, offer: str) -> tuple[BrowserSession, str]:
@@ -72,11 +75,42 @@ async def open_whep(rt: Runtime, stream: str, offer: str) -> tuple[WhepSession, 
         raise Problem(
             409, "Stream not live", f"stream {stream!r} has no publisher", {"Retry-After": "5"}
         )
-    with rt.registry.reservation():
+    with rt.registry.reservation(viewing=stream):
         session = WhepSession(PeerConnection(rt.rtc_config), source)
         for track in session.tracks:
             _add_sender(session.pc, track, "sendonly", rt.settings.video_codec)
+        if rt.settings.viewer_timeout_s:
+            _watch_when_connected(rt, session)
         return session, await _answer(rt, session, offer)
+
+
+def _watch_when_connected(rt: Runtime, session: WhepSession) -> None:
+    @session.pc.on("connectionstatechange")
+    def on_state() -> None:
+        if session.pc.connectionState == "connected" and not session.closed:
+            watchdog = _close_if_silent(rt, session, rt.settings.viewer_timeout_s)
+            session.tasks.append(asyncio.create_task(watchdog))
+
+
+async def _close_if_silent(rt: Runtime, session: WhepSession, timeout_s: float) -> None:
+    """Close a viewer from which nothing arrives for ``timeout_s``: live receivers send RTCP
+    receiver reports about every second, but a dead one's encoder would run on until ICE consent
+    expires (~30 s). Counted in the DTLS transport's received packets, as its stats report them."""
+    loop = asyncio.get_running_loop()
+    received, heard_at = None, loop.time()
+    while True:
+        await asyncio.sleep(min(1.0, timeout_s / 4))
+        now_received = await _packets_received(session.pc)
+        if now_received != received:
+            received, heard_at = now_received, loop.time()
+        elif loop.time() - heard_at > timeout_s:
+            await rt.registry.close(session, f"nothing received for {timeout_s:g} s")
+            return
+
+
+async def _packets_received(pc: RTCPeerConnection) -> int:
+    stats = (await pc.getStats()).values()
+    return sum(s.packetsReceived for s in stats if s.type == "transport")
 
 
 async def _answer(rt: Runtime, session: PeerSession, offer: str) -> str:
@@ -98,17 +132,51 @@ async def _answer(rt: Runtime, session: PeerSession, offer: str) -> str:
                 "H.264 Constrained Baseline (packetization-mode=1) video and Opus audio.",
             ) from exc  # fmt: skip
         except Exception as exc:  # a malformed offer: aiortc's parser raises various types
-            raise Problem(400, "Unusable SDP offer", str(exc) or type(exc).__name__) from exc
-        await pc.setLocalDescription(await pc.createAnswer())
+            raise _unusable(exc, parsing=True) from exc
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # e.g. a=mid lines that aiortc cannot match up
+            raise _unusable(exc, parsing=False) from exc
     except BaseException:
-        await rt.registry.close(session, "negotiation failed")
+        await _discard(rt, session)
         raise
     if session.closed:  # a viewer whose stream ended meanwhile
         raise Problem(409, "Stream not live", f"{session} ended while it was negotiated")
     rt.registry.add(session)
+    session.tasks.append(asyncio.create_task(_close_unless_connected(rt, session)))
     # Else libdatachannel peers (OBS, WHEP players) fail DTLS now and then.
     answer = sha256_fingerprint_only(pc.localDescription.sdp)
     return advertise_public_ip(answer, rt.settings.public_ip)
+
+
+def _unusable(exc: Exception, parsing: bool) -> Problem:
+    """A 400 for an offer that aiortc could not apply or answer. Only the ValueErrors of its SDP
+    parser are about the offer; other errors ('NoneType' object has no attribute ...) would show
+    the client our internals."""
+    log.debug("could not negotiate an offer", exc_info=exc)
+    if parsing and type(exc) is ValueError and str(exc):
+        return Problem(400, "Unusable SDP offer", f"malformed SDP: {str(exc)[:200]}")
+    return Problem(
+        400, "Unusable SDP offer",
+        "could not negotiate the offer: check its m= sections and their a=mid lines",
+    )  # fmt: skip
+
+
+async def _discard(rt: Runtime, session: PeerSession) -> None:
+    """Undo a failed negotiation. A half-negotiated peer may fail to close as well: the client
+    is told about its offer, not about that."""
+    try:
+        await rt.registry.close(session, "negotiation failed")
+    except Exception:
+        log.debug("closing %s after a failed negotiation failed too", session, exc_info=True)
+
+
+async def _close_unless_connected(rt: Runtime, session: PeerSession) -> None:
+    """A session whose ICE and DTLS do not connect in time holds a place that others need."""
+    timeout_s = rt.settings.handshake_timeout_s
+    await asyncio.sleep(timeout_s)
+    if session.pc.connectionState != "connected":
+        await rt.registry.close(session, f"not connected within {timeout_s:g} s")
 
 
 def _add_sender(pc: RTCPeerConnection, track, direction: str, video_codec: str) -> None:

@@ -29,7 +29,12 @@ class Runtime:
 
     @property
     def input_limits(self) -> InputLimits:
-        return InputLimits(self.settings.max_input_width, self.settings.max_input_height)
+        scale = self.choice.engine.scale
+        return InputLimits(
+            self.settings.max_input_width,
+            self.settings.max_input_height,
+            self.settings.max_output_pixels // (scale * scale),
+        )
 
     def next_seed(self) -> int | None:
         """Seeds for sessions in order of arrival (None: random)."""

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
@@ -171,14 +171,27 @@ class EndedSessions:
 
 
 class SessionRegistry:
-    """The open sessions: at most ``max_sessions``, counted by kind in the sessions gauge."""
+    """The open sessions, counted by kind in the sessions gauge and limited apart: at most
+    ``max_sessions`` engine sessions (pages, WHIP publishers), ``max_viewers`` WHEP viewers and
+    ``max_viewers_per_stream`` viewers of one stream, so that viewers never take a publisher's
+    place."""
 
-    def __init__(self, max_sessions: int, scheduler: FrameScheduler, metrics: Metrics):
+    def __init__(
+        self,
+        max_sessions: int,
+        scheduler: FrameScheduler,
+        metrics: Metrics,
+        max_viewers: int = 8,
+        max_viewers_per_stream: int = 8,
+    ):
         self.max_sessions = max_sessions
+        self.max_viewers = max_viewers
+        self.max_viewers_per_stream = max_viewers_per_stream
         self.scheduler = scheduler
         self.metrics = metrics
         self._sessions: dict[str, PeerSession] = {}
-        self._pending = 0  # sessions being negotiated (counted against the limit)
+        # Sessions being negotiated, counted against the limits of their pools (_pools_of).
+        self._pending: Counter[str] = Counter()
         self._claimed: set[str] = set()  # streams whose publisher is being negotiated
         self.ended = EndedSessions()
 
@@ -186,31 +199,53 @@ class SessionRegistry:
         return len(self._sessions)
 
     @contextlib.contextmanager
-    def reservation(self, publishing: str | None = None) -> Iterator[None]:
-        """Hold a place for a session while it is negotiated (503 when the server is full) and,
-        for a publisher, its stream name (409 when the stream has one or is being claimed)."""
+    def reservation(
+        self, publishing: str | None = None, viewing: str | None = None
+    ) -> Iterator[None]:
+        """Hold a place for a session while it is negotiated (503 when its pool is full): an
+        engine session's, or with ``viewing`` a viewer's of that stream; for a publisher also its
+        stream name (409 when the stream has one or is being claimed)."""
         if publishing is not None and (
             publishing in self._claimed or self.source_of(publishing) is not None
         ):
             raise Problem(409, "Stream already published", f"stream {publishing!r} has a publisher")
-        self._reserve()
+        pools = self._pools_of(viewing)
+        for pool, limit in zip(pools, self._limits(viewing), strict=True):
+            self._check(pool, limit)
+        self._pending.update(pools)
         if publishing is not None:
             self._claimed.add(publishing)
         try:
             yield
         finally:
-            self._pending -= 1
+            self._pending.subtract(pools)
             self._claimed.discard(publishing)
 
-    def _reserve(self) -> None:
-        if len(self._sessions) + self._pending >= self.max_sessions:
+    @staticmethod
+    def _pools_of(viewing: str | None) -> tuple[str, ...]:
+        """The pools whose places a session takes (``viewing``: the stream of a viewer)."""
+        return (
+            ("engine sessions",)
+            if viewing is None
+            else ("viewers", f"viewers of stream {viewing!r}")
+        )
+
+    def _limits(self, viewing: str | None) -> tuple[int, ...]:
+        if viewing is None:
+            return (self.max_sessions,)
+        return (self.max_viewers, self.max_viewers_per_stream)
+
+    def _check(self, pool: str, limit: int) -> None:
+        in_use = self._pending[pool] + sum(
+            pool in self._pools_of(_viewed(session)) for session in self._sessions.values()
+        )
+        if in_use >= limit:
             self.metrics.sessions_rejected.labels("503").inc()
             raise Problem(
                 503, "Server busy",
-                f"all {self.max_sessions} session slots are in use; try again shortly",
+                f"all {limit} places for {pool} are in use; try again shortly",
                 {"Retry-After": "10"},
             )  # fmt: skip
-        self._pending += 1
 
     def add(self, session: PeerSession) -> None:
         self._sessions[session.id] = session
@@ -244,3 +279,8 @@ class SessionRegistry:
         await asyncio.gather(
             *(self.close(s, "server shutdown") for s in list(self._sessions.values()))
         )
+
+
+def _viewed(session: PeerSession) -> str | None:
+    """The stream that a viewer views; None for an engine session."""
+    return session.stream if isinstance(session, WhepSession) else None
