@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from .http import require_content_type, runtime_of
+from .http import read_text, require_content_type, runtime_of
 from .peers import open_browser
 from .problems import Problem
 
@@ -14,10 +14,13 @@ from .problems import Problem
 async def post_offer(request: web.Request) -> web.Response:
     require_content_type(request, "application/json")
     rt = runtime_of(request)
+    text = await read_text(request)
     try:
-        body = json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Malformed JSON", str(exc)) from exc
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(400, "Malformed JSON", str(exc)) from None
+    except (ValueError, RecursionError):  # integers past Python's digit limit, deep nesting
+        raise Problem(400, "Malformed JSON", "too deeply nested, or a number too long") from None
     if (
         not isinstance(body, dict)
         or body.get("type") != "offer"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,8 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     try:
         return await handler(request)
     except Problem as problem:
-        log.info("%s %s -> %d %s", request.method, request.path, problem.status, problem.detail)
+        # repr: the path and details hold client text, which must not forge log lines.
+        log.info("%s %r -> %d %r", request.method, request.path, problem.status, problem.detail)
         return problem.response()
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -46,5 +49,37 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return Problem(exc.status, exc.reason, exc.text or "", headers).response()
     except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
+        log.exception("unexpected error in %s %r", request.method, request.path)
         return Problem(500, "Internal Server Error", "see the server log").response()
+
+
+def problem_for_refused_http(handle_error):
+    """Wraps aiohttp's ``RequestHandler.handle_error``: malformed HTTP that aiohttp refuses gets
+    a problem body too (aiohttp writes text/plain)."""
+
+    @functools.wraps(handle_error)
+    def wrapper(self, request, status=500, exc=None, message=None):
+        response = handle_error(self, request, status, exc, message)
+        if 400 <= status < 500:
+            reason = exc.message if isinstance(exc, HttpProcessingError) else ""
+            detail = f"malformed HTTP request: {reason.splitlines()[0] if reason else status}"
+            response.body = Problem(status, response.reason, detail[:200]).response().body
+            response.content_type = PROBLEM_TYPE
+        return response
+
+    return wrapper
+
+
+def quiet_client_errors(record: logging.LogRecord) -> bool:
+    """A logging filter for aiohttp's server: a request that it refuses as malformed HTTP (or
+    whose body does not decode) is the client's mistake, so one bounded INFO line, not an ERROR
+    with a traceback per request."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, web.RequestPayloadError):
+        exc = exc.__cause__
+    if isinstance(exc, HttpProcessingError):
+        message = record.getMessage()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "%s: %.200r", (message, exc.message)
+        record.exc_info = record.exc_text = None
+    return True

@@ -9,12 +9,23 @@ Both follow one shape: ``POST`` an SDP offer to the endpoint -> ``201 Created`` 
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
 from streamvsr.config import ServerSettings
 
-from .http import RUNTIME, check_bearer, cors_headers, require_content_type, runtime_of
+from .http import (
+    RUNTIME,
+    SETTINGS,
+    check_bearer,
+    cors_headers,
+    read_text,
+    require_content_type,
+    runtime_of,
+)
 from .ice import link_headers
 from .peers import open_whep, open_whip
 from .problems import Problem
@@ -25,7 +36,9 @@ SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
 DEFAULT_STREAM = "live"
-SETTINGS = web.AppKey("server_settings", ServerSettings)
+# Unreserved URL characters only: a name goes into Location and logs as it is, and no client
+# normalises it away ("." and ".." are refused too).
+STREAM_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9._~-]{1,64}")
 ResourceType = type[WhipSession] | type[WhepSession]  # what a session URL names
 
 
@@ -49,19 +62,30 @@ def _created(request: web.Request, location: str, session: PeerSession, answer: 
 
 async def post_whip(request: web.Request) -> web.Response:
     check_bearer(request, _settings(request).whip_token)
+    stream = _stream_name(request)
     require_content_type(request, SDP)
     rt = runtime_of(request)
-    stream = request.match_info.get("stream", DEFAULT_STREAM)
-    session, answer = await open_whip(rt, stream, await request.text())
-    return _created(request, f"/whip/{stream}/{session.id}", session, answer)
+    session, answer = await open_whip(rt, stream, await read_text(request))
+    return _created(request, f"/whip/{quote(stream)}/{session.id}", session, answer)
 
 
 async def post_whep(request: web.Request) -> web.Response:
+    stream = _stream_name(request)
     require_content_type(request, SDP)
     rt = runtime_of(request)
-    stream = request.match_info["stream"]
-    session, answer = await open_whep(rt, stream, await request.text())
-    return _created(request, f"/whep/{stream}/{session.id}", session, answer)
+    session, answer = await open_whep(rt, stream, await read_text(request))
+    return _created(request, f"/whep/{quote(stream)}/{session.id}", session, answer)
+
+
+def _stream_name(request: web.Request) -> str:
+    """The URL's stream name, checked before anything is opened for it."""
+    name = request.match_info.get("stream", DEFAULT_STREAM)
+    if not STREAM_NAME.fullmatch(name):
+        raise Problem(
+            400, "Bad stream name",
+            "a stream name is 1-64 of the characters A-Z a-z 0-9 . _ ~ - (not only dots)",
+        )  # fmt: skip
+    return name
 
 
 def _etag(session: PeerSession) -> str:
@@ -117,7 +141,7 @@ async def _patch(request: web.Request, session_type: ResourceType) -> web.Respon
     _, session = _resource(request, session_type)
     require_content_type(request, TRICKLE)
     _check_if_match(request, session)
-    fragment = parse_ice_fragment(await request.text())
+    fragment = parse_ice_fragment(await read_text(request))
     offer = session.pc.remoteDescription.sdp
     _refuse_restart(fragment, offer)
     await _add_candidates(session.pc, fragment, media_ids(offer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from support.webrtc import (
     SyntheticVideo,
+    client_pc,
     codec,
     h264_baseline,
     identify,
@@ -283,3 +285,150 @@ def test_codec_helpers_make_what_they_claim() -> None:
     av1 = asyncio.run(av1_only())
     assert "AV1/90000" in av1 and "H264" not in av1 and "VP8" not in av1
     assert codec("video", "video/H264", **{"profile-level-id": "42e01f"}) == h264_baseline()
+
+
+# --- bodies, encodings and headers that used to end in a 500 ----------------------------------
+
+
+def encoded(make_sdp: Callable[[], Awaitable[str]], encoding: str) -> Callable[[], Awaitable]:
+    async def body() -> bytes:
+        return (await make_sdp()).encode(encoding)
+
+    return body
+
+
+def raw(data: bytes) -> Callable[[], Awaitable[bytes]]:
+    async def body() -> bytes:
+        return data
+
+    return body
+
+
+BIG_INTEGER = b'{"type": "offer", "sdp": "v=0", "n": ' + b"1" * 5000 + b"}"
+ENCODING_CASES = [
+    Case("whip-utf16-body", "POST", "/whip/cam", SDP, encoded(obs_offer, "utf-16"), 400,
+         ("utf-8",), AUTH),
+    Case("whep-utf32-body", "POST", "/whep/cam", SDP, encoded(obs_offer, "utf-32"), 400,
+         ("utf-8",)),
+    Case("whip-unknown-charset", "POST", "/whip/cam", f"{SDP}; charset=klingon", obs_offer, 415,
+         ("charset",), AUTH),
+    Case("offer-unknown-charset", "POST", "/offer", f"{JSON}; charset=x-nope",
+         offer_json(good_offer), 415, ("charset",)),
+    Case("offer-deeply-nested-json", "POST", "/offer", JSON, raw(b"[" * 3000), 400),
+    Case("offer-5000-digit-integer", "POST", "/offer", JSON, raw(BIG_INTEGER), 400),
+    Case("offer-bad-gzip", "POST", "/offer", JSON, raw(b"not gzip at all"), 400, (),
+         {"Content-Encoding": "gzip"}),
+    Case("offer-bad-deflate", "POST", "/offer", JSON, raw(b"not deflate either"), 400, (),
+         {"Content-Encoding": "deflate"}),
+    Case("whip-non-ascii-token", "POST", "/whip/cam", SDP, obs_offer, 401, (),
+         {"Authorization": "Bearer t\u00f6ken"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in ENCODING_CASES])
+async def test_undecodable_request_is_refused_with_a_problem(case: Case) -> None:
+    settings = {**SETTINGS, "max_body_bytes": 65536}  # room for a UTF-32 offer
+    async with running_server(BicubicEngine("cpu"), server=settings) as server:
+        await check_refused(server, case)
+        status, ready = await server.readyz()
+        assert status == 200 and ready["sessions"] == 0
+
+
+# --- offers that pass our checks but that aiortc cannot answer ---------------------------------
+
+
+def mids(sdp: str, replace: Callable[[str], str | None]) -> str:
+    """``sdp`` with each a=mid line replaced (None: removed)."""
+    lines = []
+    for line in sdp.splitlines():
+        if line.startswith("a=mid:"):
+            line = replace(line)
+        if line is not None:
+            lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+UNANSWERABLE = {
+    "missing-mid": lambda sdp: mids(sdp, lambda line: None),
+    "duplicate-mid": lambda sdp: mids(sdp, lambda line: "a=mid:0"),
+    "spaced-mid": lambda sdp: mids(sdp, lambda line: "a=mid:a b"),
+    "50kb-mid": lambda sdp: mids(sdp, lambda line: "a=mid:" + "m" * 50_000),
+}
+NEGOTIATION_SETTINGS = {"max_body_bytes": 200_000}
+
+
+async def unanswerable_problem(server, path: str, body, content_type: str) -> dict:
+    async with server.http.post(path, data=body, headers={"Content-Type": content_type}) as resp:
+        assert 400 <= resp.status < 500, (resp.status, await resp.text())
+        problem = await problem_of(resp)
+    assert "object" not in problem.get("detail", ""), problem  # no Python internals
+    status, ready = await server.readyz()
+    assert status == 200
+    return ready
+
+
+@pytest.mark.parametrize("mutation", sorted(UNANSWERABLE))
+async def test_offer_that_aiortc_cannot_answer_is_a_4xx(mutation: str) -> None:
+    mutate = UNANSWERABLE[mutation]
+    async with running_server(BicubicEngine("cpu"), server=NEGOTIATION_SETTINGS) as server:
+        sdp = mutate(await make_offer(video="sendrecv", audio="sendrecv"))
+        offer = json.dumps({"type": "offer", "sdp": sdp})
+        ready = await unanswerable_problem(server, "/offer", offer, JSON)
+        assert ready["sessions"] == 0
+        whip = mutate(await make_offer(video="sendonly", audio="sendonly"))
+        ready = await unanswerable_problem(server, "/whip/cam", whip, SDP)
+        assert ready["sessions"] == 0
+
+
+async def test_whep_offer_with_two_video_sections_is_a_4xx() -> None:
+    async with running_server(BicubicEngine("cpu")) as server:
+        async with server.http.post(
+            "/whip/cam", data=await obs_offer(), headers={"Content-Type": SDP}
+        ) as response:
+            assert response.status == 201  # registered: WHEP can view it (no need to connect)
+        pc = client_pc()
+        try:
+            for _ in range(2):
+                pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            ready = await unanswerable_problem(server, "/whep/cam", pc.localDescription.sdp, SDP)
+        finally:
+            await pc.close()
+        assert ready["sessions"] == 1  # the publisher only
+
+
+# --- malformed HTTP, refused by aiohttp itself -------------------------------------------------
+
+MALFORMED_HTTP = [
+    b"POST /offer HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+    b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X: " + b"y" * 9000 + b"\r\n\r\n",
+]
+
+
+async def raw_exchange(server, request: bytes) -> bytes:
+    port = server.runner.addresses[0][1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_HTTP, ids=range(len(MALFORMED_HTTP)))
+async def test_malformed_http_is_a_400_logged_in_one_line(request_bytes: bytes, caplog) -> None:
+    async with running_server(BicubicEngine("cpu")) as server:
+        caplog.clear()
+        response = await raw_exchange(server, request_bytes)
+        assert response.split(b" ", 2)[1] == b"400", response[:200]
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/problem+json" in head, head
+        assert json.loads(body)["status"] == 400
+        assert (await server.readyz())[0] == 200  # and it keeps serving
+    refused = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert refused, "the refusal is still logged"
+    for record in refused:
+        assert record.levelno < logging.WARNING and not record.exc_info, record.getMessage()
+        assert len(record.getMessage()) < 300
