@@ -192,11 +192,19 @@ class TunedVp8Encoder(_BitrateCaps, Vp8Encoder):
 
 
 class TimedEncoder:
-    """Wraps an encoder and reports the seconds each ``encode`` takes (runs in a thread)."""
+    """Wraps an encoder and reports the seconds each ``encode`` takes (runs in a thread), and for
+    frames that carry their receive time (``time.monotonic()`` in ``frame.opaque``, set by
+    ``UpscaledTrack``) the seconds from then until encoded."""
 
-    def __init__(self, inner, observe: Callable[[float], None]):
+    def __init__(
+        self,
+        inner,
+        observe: Callable[[float], None],
+        on_latency: Callable[[float], None] = lambda seconds: None,
+    ):
         self._inner = inner
         self._observe = observe
+        self._on_latency = on_latency
 
     def encode(self, frame, force_keyframe: bool = False):
         start = time.perf_counter()
@@ -204,6 +212,9 @@ class TimedEncoder:
             return self._inner.encode(frame, force_keyframe)
         finally:
             self._observe(time.perf_counter() - start)
+            received_at = getattr(frame, "opaque", None)
+            if isinstance(received_at, float):
+                self._on_latency(time.monotonic() - received_at)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
@@ -215,9 +226,13 @@ class TimedEncoder:
             setattr(self._inner, name, value)
 
 
-def encoder_factory(settings: EncoderSettings, observe: Callable[[str, float], None]):
+def encoder_factory(
+    settings: EncoderSettings,
+    observe: Callable[[str, float], None],
+    on_latency: Callable[[float], None] = lambda seconds: None,
+):
     """A stand-in for aiortc's ``get_encoder``: the tuned encoders, reporting (codec, seconds)
-    per frame."""
+    per frame, and each frame's receive-to-encoded seconds to ``on_latency``."""
 
     def get_encoder(codec):
         mime = codec.mimeType.lower()
@@ -228,6 +243,6 @@ def encoder_factory(settings: EncoderSettings, observe: Callable[[str, float], N
         else:
             return aiortc_get_encoder(codec)
         name = mime.split("/")[1]
-        return TimedEncoder(encoder, lambda seconds: observe(name, seconds))
+        return TimedEncoder(encoder, lambda seconds: observe(name, seconds), on_latency)
 
     return get_encoder

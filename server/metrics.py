@@ -36,6 +36,12 @@ class Metrics:
             "Time from receiving a frame to handing its upscaled frame to the sender",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.frame_encoded_latency = Histogram(
+            "streamvsr_frame_encoded_latency_seconds",
+            "Time from receiving a frame to its upscaled frame leaving the encoder "
+            "(what viewers wait, less the network and their decoder)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.queue_wait = Histogram(
             "streamvsr_queue_wait_seconds",
             "Time a frame waited for the engine",

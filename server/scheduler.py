@@ -3,8 +3,14 @@ batched engine steps.
 
 Each source has a one-frame mailbox. A new frame replaces an unprocessed one (newest wins; the old
 one is counted as dropped), so however slow the engine is, a frame waits at most about one engine
-step. At each tick the worker takes the waiting frame of up to ``max_batch`` sources (those waiting
-longest first), runs one ``engine.step`` on them, and hands each result back to the event loop.
+step. At each tick the worker takes the waiting frames of up to ``max_batch`` sources of one frame
+size, runs one ``engine.step`` on them, and hands each result back to the event loop.
+
+Fairness: the source that has used the least engine time goes first (fair queuing, each source
+charged its pixel share of each step), so a source with large frames gets the worker only between
+the frames of cheaper ones; frames of another size wait for a later step instead of riding along.
+Pixel work (converting a received frame, making the outgoing frames) runs here, off the event loop,
+and only for frames that are not dropped as stale.
 """
 
 from __future__ import annotations
@@ -30,9 +36,17 @@ log = logging.getLogger(__name__)
 class Pending:
     """A frame waiting for the engine, with what is needed to send its result on."""
 
-    frame: np.ndarray
+    frame: np.ndarray | Callable[[], np.ndarray]  # RGB (H, W, 3), or made by this in the worker
     received_at: float  # time.monotonic() when the frame arrived
     context: Any = None  # passed back untouched (timestamps of the frame)
+    shape: tuple[int, int] | None = None  # (H, W) of a frame made in the worker
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.shape or self.frame.shape[:2]
+
+    def pixels(self) -> np.ndarray:
+        return self.frame() if callable(self.frame) else self.frame
 
 
 @dataclass
@@ -49,10 +63,12 @@ class Processed:
 @dataclass
 class _Source:
     state: SessionState
-    deliver: Callable[[Processed], None]  # called on the event loop
+    # Called in the worker with a result; returns what to run on the event loop (or None).
+    deliver: Callable[[Processed], Callable[[], None] | None]
     pending: Pending | None = None
     waiting_since: float = 0.0
     busy: bool = False  # a frame of this source is in the engine now
+    used: float = 0.0  # engine seconds charged to this source (fair queuing)
 
 
 class FrameScheduler:
@@ -94,9 +110,13 @@ class FrameScheduler:
 
     # --- called from the event loop ---------------------------------------------------------
 
-    def add_source(self, key: str, deliver: Callable[[Processed], None], seed: int | None) -> None:
+    def add_source(
+        self, key: str, deliver: Callable[[Processed], Callable[[], None] | None], seed: int | None
+    ) -> None:
         with self._cond:
-            self._sources[key] = _Source(self.engine.new_session(seed), deliver)
+            # A newcomer starts level with the least served source: no credit to catch up on.
+            used = min((s.used for s in self._sources.values()), default=0.0)
+            self._sources[key] = _Source(self.engine.new_session(seed), deliver, used=used)
 
     def remove_source(self, key: str) -> None:
         with self._cond:
@@ -136,9 +156,9 @@ class FrameScheduler:
                         if key in self._sources:
                             self._sources[key].busy = False
 
-    def _ready(self) -> list[tuple[float, str]]:
+    def _ready(self) -> list[tuple[float, float, str]]:
         return sorted(
-            (s.waiting_since, k)
+            (s.used, s.waiting_since, k)
             for k, s in self._sources.items()
             if s.pending is not None and not s.busy
         )
@@ -154,21 +174,28 @@ class FrameScheduler:
                 self._cond.wait_for(
                     lambda: self._stopping or len(self._ready()) >= self.max_batch, self.max_wait
                 )
+            keys = [key for *_, key in self._ready()]
+            size = self._sources[keys[0]].pending.size
             batch = []
-            for _, key in self._ready()[: self.max_batch]:
+            for key in keys:
                 source = self._sources[key]
-                batch.append((key, source, source.pending))
-                source.pending, source.busy = None, True
+                if len(batch) < self.max_batch and source.pending.size == size:
+                    batch.append((key, source, source.pending))
+                    source.pending, source.busy = None, True
             return batch
 
     def _step(self, batch: list[tuple[str, _Source, Pending]]) -> None:
         started = time.monotonic()
-        requests = [FrameRequest(source.state, pending.frame) for _, source, pending in batch]
+        batch, frames = self._convert(batch)
+        if not batch:
+            return
+        requests = [FrameRequest(s.state, frame) for (_, s, _), frame in zip(batch, frames)]
         results = self.engine.step(requests, timer=self._timer, pixel_format=self._pixel_format)
         step_time = time.monotonic() - started
         self.on_step(len(batch), step_time, self._timer.reset())
         for (key, source, pending), result in zip(batch, results):
             with self._cond:
+                source.used += step_time / len(batch)  # one size per step: equal shares
                 if self._sources.get(key) is not source:
                     continue  # the source closed while its frame was in the engine
                 source.state = result.state
@@ -177,4 +204,26 @@ class FrameScheduler:
                 queue_wait=started - pending.received_at, step_time=step_time,
                 batch_size=len(batch), pixel_format=result.pixel_format,
             )  # fmt: skip
-            self.loop.call_soon_threadsafe(source.deliver, processed)
+            self._deliver(key, source, processed)
+
+    def _convert(self, batch):
+        """The batch's RGB frames, made here; a frame that cannot be made is dropped alone."""
+        kept, frames = [], []
+        for key, source, pending in batch:
+            try:
+                frames.append(pending.pixels())
+            except Exception:  # a broken frame must not end the stream
+                log.exception("session %s: could not convert a received frame", key)
+                self.on_drop("decode_error")
+                continue
+            kept.append((key, source, pending))
+        return kept, frames
+
+    def _deliver(self, key: str, source: _Source, processed: Processed) -> None:
+        try:
+            handoff = source.deliver(processed)
+        except Exception:
+            log.exception("session %s: could not prepare an upscaled frame", key)
+            return
+        if handoff is not None:
+            self.loop.call_soon_threadsafe(handoff)
