@@ -61,6 +61,7 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
         encoder_factory = encoders.encoder_factory(
             encoders.EncoderSettings.from_server(settings.server, h264_codec),
             lambda codec, seconds: app[METRICS].encode.labels(codec).observe(seconds),
+            app[METRICS].frame_encoded_latency.observe,
         )  # fmt: skip
         startup.install(
             encoder_factory=encoder_factory,
@@ -69,6 +70,7 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
             udp_ports=(settings.server.udp_port_min, settings.server.udp_port_max),
             traffic_consent=True,
             dtls_failure_log=True,
+            client_http_errors=True,
         )
         app[STARTUP] = asyncio.create_task(_start_engine(app, settings, choice))
 
@@ -96,7 +98,10 @@ async def _start_engine(app: web.Application, settings: Settings, choice: Engine
         on_drop=lambda reason: metrics.frames_dropped.labels(reason).inc(),
     )  # fmt: skip
     scheduler.start()
-    registry = SessionRegistry(settings.server.max_sessions, scheduler, metrics)
+    registry = SessionRegistry(
+        settings.server.max_sessions, scheduler, metrics,
+        settings.server.max_viewers, settings.server.max_viewers_per_stream,
+    )  # fmt: skip
     app[RUNTIME] = Runtime(
         settings.server, choice, metrics, scheduler, registry,
         rtc_configuration(settings.server.ice_servers), base_seed=settings.engine.seed,

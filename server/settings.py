@@ -26,6 +26,12 @@ def port_number(value: Any) -> int:
     return value
 
 
+def positive_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError("must be a number of seconds > 0")
+    return value
+
+
 def ice_server_list(value: Any) -> tuple[dict[str, Any], ...]:
     """[{urls: stun:host:3478}, {urls: [turn:...], username: u, credential: p}]; a flag's value
     is YAML text."""
@@ -73,8 +79,17 @@ class ServerSettings:
     tls_key: str | None = setting(None, "PEM private key of tls_cert", optional_str)
     max_sessions: int = setting(
         8,
-        "concurrent WebRTC sessions (page, WHIP and WHEP); beyond it: 503 + Retry-After",
+        "concurrent engine sessions (pages and WHIP publishers); beyond it: 503 + Retry-After",
         positive_int,
+    )
+    max_viewers: int = setting(
+        8,
+        "concurrent WHEP viewers in all (each has its own encoder), apart from max_sessions; "
+        "beyond it: 503 + Retry-After",
+        positive_int,
+    )
+    max_viewers_per_stream: int = setting(
+        8, "concurrent WHEP viewers of one stream; beyond it: 503 + Retry-After", positive_int
     )
     max_batch: int = setting(
         8,
@@ -92,12 +107,37 @@ class ServerSettings:
     max_input_height: int = setting(
         720, "taller input frames are downscaled (keeping aspect) before the engine", positive_int
     )
+    max_output_pixels: int = setting(
+        2560 * 1440,
+        "output pixels per frame of a session (2560x1440: 640x360 input at 4x); larger input is "
+        "downscaled (keeping aspect) to fit before the engine",
+        positive_int,
+    )
     max_body_bytes: int = setting(
         65536, "largest accepted request body (SDP offers are a few KB)", positive_int
+    )
+    request_timeout_s: float = setting(
+        10,
+        "a request body not received within this long is refused (408), so that clients that "
+        "trickle bytes hold no connection; aiohttp has no timeout for the headers",
+        positive_seconds,
     )
     idle_timeout_s: float = setting(
         15,
         "a session whose media stops for this long (or whose ICE fails) is closed",
+        non_negative,
+    )
+    handshake_timeout_s: float = setting(
+        10,
+        "a session whose ICE and DTLS have not connected this long after its offer is closed "
+        "(like MediaMTX's webrtcHandshakeTimeout), so that offers that never connect free their "
+        "place",
+        positive_seconds,
+    )
+    viewer_timeout_s: float = setting(
+        10,
+        "a WHEP viewer from which nothing (RTCP receiver reports) arrives for this long is "
+        "closed and its encoder freed (0: never, for players that send no RTCP)",
         non_negative,
     )
     whip_token: str | None = setting(

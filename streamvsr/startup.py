@@ -26,6 +26,7 @@ def install(
     cpu_threads: int | None = None,
     traffic_consent: bool = False,
     dtls_failure_log: bool = False,
+    client_http_errors: bool = False,
 ) -> None:
     """Install the changes asked for; a part left at its default is not touched.
 
@@ -39,6 +40,8 @@ def install(
     traffic_consent: authenticated traffic from the peer on the selected ICE pair counts as its
         consent (RFC 7675) when it does not answer aioice's consent checks.
     dtls_failure_log: a failed DTLS handshake is logged (warning) with OpenSSL's reason.
+    client_http_errors: malformed HTTP that aiohttp refuses gets a problem body and is logged
+        as one info line.
     """
     if chatter_level is not None:
         _quiet_libraries(chatter_level)
@@ -56,6 +59,8 @@ def install(
         _accept_traffic_as_consent()
     if dtls_failure_log:
         _log_dtls_failures()
+    if client_http_errors:
+        _client_http_errors()
 
 
 def _quiet_libraries(level: int) -> None:
@@ -138,6 +143,19 @@ def _log_dtls_failures() -> None:
     # ("error []"): a client whose certificate is refused (FFmpeg 8's WHIP with GnuTLS makes a
     # P-224 one: "wrong curve") would fail without a word.
     _wrap(RTCDtlsTransport, "_set_state", dtls.logging_dtls_failures)
+
+
+def _client_http_errors() -> None:
+    from aiohttp.log import server_logger
+    from aiohttp.web_protocol import RequestHandler
+
+    from streamvsr.server.problems import problem_for_refused_http, quiet_client_errors
+
+    # aiohttp logs every malformed request it refuses at ERROR with a full traceback (580 bytes
+    # for a 114-byte request): anyone can fill the log. Adding the same filter again does nothing.
+    server_logger.addFilter(quiet_client_errors)
+    # Its refusal is text/plain, where clients of this API expect a problem body.
+    _wrap(RequestHandler, "handle_error", problem_for_refused_http)
 
 
 def _wrap(owner: type, name: str, wrapper: Callable[[Callable], Callable]) -> None:
