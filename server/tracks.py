@@ -162,7 +162,9 @@ async def pump_video(
         width, height = sizes.target(frame.width, frame.height, received_at)
         if width * height < frame.width * frame.height:
             metrics.frames_downscaled.inc()
-            if not warned:
+            size = (frame.width, frame.height)
+            # Not a smaller size kept for a while after a change: the sender is over the limit.
+            if fit_within(*size, limits) != size and not warned:
                 log.warning(
                     "session %s: input %dx%d is over the %dx%d (%s pixel) limit, downscaled "
                     "to %dx%d",
