@@ -97,6 +97,3 @@ def forgiving_consent(request: Callable) -> Callable:
         return None  # aioice's consent loop ignores the response
 
     return request_or_consent
-
-
-# --- DTLS handshake failures ---------------------------------------------------------------------

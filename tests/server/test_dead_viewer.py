@@ -12,9 +12,8 @@ from support.hostile import (
     go_silent,
     post_sdp,
     registry_of,
-    viewer_offer,
 )
-from support.webrtc import running_server, wait_until
+from support.webrtc import running_server, viewer_offer, wait_until
 
 from streamvsr.engine import BicubicEngine
 
@@ -28,7 +27,7 @@ async def test_a_silent_viewer_is_closed_and_a_live_one_stays() -> None:
         async with connected_publisher(server):
             viewers = []
             for _ in range(2):
-                pc, collector, offer = await viewer_offer()
+                pc, collector, offer = await viewer_offer(keep_images=False)
                 status, answer, location = await post_sdp(server, "/whep/cam", offer)
                 assert status == 201, answer
                 await connect(pc, answer)

@@ -8,8 +8,8 @@ import json
 import time
 
 import pytest
-from support.hostile import connected_publisher, post_sdp, registry_of, viewer_offer
-from support.webrtc import make_offer, running_server, wait_until
+from support.hostile import connected_publisher, post_sdp, registry_of
+from support.webrtc import make_offer, running_server, viewer_offer, wait_until
 
 from streamvsr.engine import BicubicEngine
 
@@ -54,7 +54,7 @@ async def test_a_whep_offer_that_never_connects_is_freed() -> None:
         running_server(BicubicEngine("cpu"), server={"handshake_timeout_s": TIMEOUT_S}) as server,
         connected_publisher(server),
     ):
-        pc, _, offer = await viewer_offer()
+        pc, _, offer = await viewer_offer(keep_images=False)
         await pc.close()  # it never applies the answer
         status, body, _ = await post_sdp(server, "/whep/cam", offer)
         assert status == 201, body

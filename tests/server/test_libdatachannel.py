@@ -19,7 +19,6 @@ import pytest
 from aiortc import RTCSessionDescription
 from support.node import node_packages
 from support.webrtc import (
-    Collector,
     SyntheticVideo,
     bar_x,
     client_pc,
@@ -30,6 +29,7 @@ from support.webrtc import (
     pattern,
     running_server,
     value,
+    viewer_offer,
     wait_until,
 )
 
@@ -207,14 +207,9 @@ def opus_clip(path: Path, seconds: float = 2.0, frequency: float = 440.0) -> Non
 
 async def whep_viewer(server, stream: str):
     """An aiortc WHEP viewer of ``stream`` (video and audio); its peer and collector."""
-    pc = client_pc()
-    collector = Collector()
-    collector.attach(pc)
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
+    pc, collector, offer = await viewer_offer()
     async with server.http.post(
-        f"/whep/{stream}", data=pc.localDescription.sdp, headers={"Content-Type": SDP}
+        f"/whep/{stream}", data=offer, headers={"Content-Type": SDP}
     ) as response:
         answer = await response.text()
         assert response.status == 201, answer

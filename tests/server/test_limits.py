@@ -3,8 +3,8 @@ never take a publisher's place."""
 
 from __future__ import annotations
 
-from support.hostile import connected_publisher, post_sdp, registry_of, viewer_offer
-from support.webrtc import running_server
+from support.hostile import connected_publisher, post_sdp, registry_of
+from support.webrtc import running_server, viewer_offer
 
 from streamvsr.engine import BicubicEngine
 
@@ -16,7 +16,7 @@ async def _view(server, stream: str, count: int) -> list[int]:
     """The statuses of ``count`` anonymous viewers' offers (their peers never connect)."""
     statuses = []
     for _ in range(count):
-        pc, _, offer = await viewer_offer()
+        pc, _, offer = await viewer_offer(keep_images=False)
         await pc.close()
         status, _, _ = await post_sdp(server, f"/whep/{stream}", offer)
         statuses.append(status)
@@ -42,7 +42,7 @@ async def test_the_limit_of_viewers_per_stream() -> None:
         connected_publisher(server, "b"),
     ):
         assert await _view(server, "a", 2) == [201, 201]
-        _, _, offer = await viewer_offer()
+        _, _, offer = await viewer_offer(keep_images=False)
         status, problem, _ = await post_sdp(server, "/whep/a", offer)
         assert status == 503 and "stream 'a'" in problem, problem
         assert await _view(server, "b", 2) == [201, 201]
@@ -54,7 +54,7 @@ async def test_a_refusal_is_a_problem_with_retry_after() -> None:
         connected_publisher(server),
     ):
         assert await _view(server, "cam", 1) == [201]
-        _, _, offer = await viewer_offer()
+        _, _, offer = await viewer_offer(keep_images=False)
         async with server.http.post(
             "/whep/cam", data=offer, headers={"Content-Type": "application/sdp"}
         ) as response:

@@ -8,7 +8,6 @@ import time
 import numpy as np
 from aiortc import RTCSessionDescription
 from support.webrtc import (
-    Collector,
     SineAudio,
     SyntheticVideo,
     client_pc,
@@ -21,6 +20,7 @@ from support.webrtc import (
     strip_candidates,
     stun_server,
     value,
+    viewer_offer,
     wait_until,
 )
 
@@ -45,23 +45,13 @@ async def obs_like_publisher(video: SyntheticVideo, audio: SineAudio):
     return pc, offer
 
 
-async def whep_viewer():
-    pc = client_pc()
-    collector = Collector()
-    collector.attach(pc)
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, collector, pc.localDescription.sdp
-
-
 async def test_obs_like_whip_publish_and_whep_playback() -> None:
     video, audio = SyntheticVideo(), SineAudio(frequency=440)
     async with running_server(BicubicEngine("cpu"), server={"whip_token": TOKEN}) as server:
         http = server.http
         publisher, offer = await obs_like_publisher(video, audio)
-        viewer, collector, viewer_offer = await whep_viewer()
-        second_viewer, second_collector, second_offer = await whep_viewer()
+        viewer, collector, first_offer = await viewer_offer()
+        second_viewer, second_collector, second_offer = await viewer_offer()
         try:
             started = time.monotonic()
             async with http.post(
@@ -90,7 +80,7 @@ async def test_obs_like_whip_publish_and_whep_playback() -> None:
                 await problem_of(response)
 
             async with http.post(
-                "/whep/cam", data=viewer_offer, headers={"Content-Type": SDP}
+                "/whep/cam", data=first_offer, headers={"Content-Type": SDP}
             ) as response:
                 viewer_answer = await response.text()
                 assert response.status == 201, viewer_answer
@@ -260,7 +250,7 @@ async def test_whip_answer_carries_ice_server_links() -> None:
 
 async def test_whep_for_a_stream_that_is_not_live() -> None:
     async with running_server(BicubicEngine("cpu")) as server:
-        _, _, offer = await whep_viewer()
+        _, _, offer = await viewer_offer()
         async with server.http.post(
             "/whep/nobody", data=offer, headers={"Content-Type": SDP}
         ) as response:

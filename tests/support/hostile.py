@@ -11,7 +11,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from streamvsr.server.http import RUNTIME
 from streamvsr.server.sessions import SessionRegistry
 
-from .webrtc import Collector, Server, SineAudio, SyntheticVideo, client_pc, wait_until
+from .webrtc import Server, SineAudio, SyntheticVideo, client_pc, wait_until
 
 SDP = "application/sdp"
 
@@ -54,17 +54,6 @@ def _connected(pc: RTCPeerConnection):
         return pc.connectionState == "connected"
 
     return check
-
-
-async def viewer_offer() -> tuple[RTCPeerConnection, Collector, str]:
-    """A WHEP viewer's peer (recvonly video and audio), its collector and its offer."""
-    pc = client_pc()
-    collector = Collector(keep_images=False)
-    collector.attach(pc)
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, collector, pc.localDescription.sdp
 
 
 async def connect(pc: RTCPeerConnection, answer: str) -> None:

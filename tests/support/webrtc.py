@@ -342,6 +342,17 @@ class Peer:
         await self.collector.stop()
 
 
+async def viewer_offer(keep_images: bool = True) -> tuple[RTCPeerConnection, Collector, str]:
+    """A WHEP viewer's peer (recvonly video and audio), its collector and its offer."""
+    pc = client_pc()
+    collector = Collector(keep_images=keep_images)
+    collector.attach(pc)
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, collector, pc.localDescription.sdp
+
+
 async def offer_json(pc: RTCPeerConnection) -> dict[str, str]:
     await pc.setLocalDescription(await pc.createOffer())
     return {"type": "offer", "sdp": pc.localDescription.sdp}
