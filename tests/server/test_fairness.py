@@ -94,17 +94,17 @@ def assert_bystander_unharmed(result: dict[str, list[float]]) -> None:
     assert statistics.median(result["healthz"]) < 0.05, result["healthz"]
 
 
-@pytest.mark.xfail(
-    reason="on 2 shared cores the 720p client's 1440p x264 encoding and the test's own client "
-    "codecs oversubscribe the CPU: bystander p50 ~0.37 s (was 1.5 s); needs a per-session "
-    "output rate cap",
-    strict=False,
-)
 async def test_720p_client_does_not_slow_a_bystander() -> None:
     heavy = SyntheticVideo(lambda n: pattern(n, 1280, 720), fps=15)
     result = await bystander_with(heavy)
     assert result["sizes"] and max(w * h for w, h in result["sizes"]) <= 2560 * 1440
-    assert_bystander_unharmed(result)
+    try:
+        assert_bystander_unharmed(result)
+    except AssertionError as exc:  # the budget above must hold; this bound is a known gap
+        pytest.xfail(
+            "on 2 shared cores the 720p client's 1440p x264 encoding and the test's own client "
+            f"codecs oversubscribe the CPU; needs a per-session output rate cap: {exc}"
+        )
 
 
 async def test_size_changing_client_does_not_slow_a_bystander() -> None:
