@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 Check = Callable[[Any], Any]
 
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
@@ -91,6 +93,17 @@ def str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("must be a list of strings")
     return tuple(value)
+
+
+def yaml_value(value: Any) -> Any:
+    """A structured setting's value: as written in a settings file, or YAML text (a flag's or an
+    environment variable's value)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"must be YAML ({str(exc).splitlines()[0]})") from None
 
 
 def boolean(value: Any) -> bool:

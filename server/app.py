@@ -18,10 +18,12 @@ from streamvsr.engine import FrameRequest
 from streamvsr.engines import EngineChoice, create_engine
 
 from . import decoding, encoders
-from .http import RUNTIME
+from .access import Action, policy
+from .http import ACCESS, RUNTIME, allowed, authorize
 from .ice import rtc_configuration
 from .metrics import Metrics
 from .offer import post_offer
+from .origins import add_cors_headers, host_middleware
 from .problems import Problem, problem_middleware
 from .runtime import Runtime
 from .scheduler import FrameScheduler
@@ -40,9 +42,11 @@ STATUS = web.AppKey("status", dict)
 def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Application:
     """The server; ``choice`` skips loading an engine from the settings (tests, embedding)."""
     app = web.Application(
-        middlewares=[problem_middleware], client_max_size=settings.server.max_body_bytes
+        middlewares=[problem_middleware, host_middleware],
+        client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings.server
+    app[ACCESS] = policy(settings.server.users, settings.server.whip_token)
     app[METRICS] = Metrics()
     app[STATUS] = {"ready": False, "reason": "the engine is loading"}
     app.router.add_get("/healthz", healthz)
@@ -54,7 +58,7 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
     if WEB_ROOT.is_dir():
         app.router.add_get("/", index)
         app.router.add_static("/static/", WEB_ROOT)
-    app.on_response_prepare.append(_cors_on_errors)
+    app.on_response_prepare.append(add_cors_headers)
     h264_codec = encoders.select_h264_encoder(settings.server.h264_encoder)  # ConfigError: no NVENC
 
     async def start(app: web.Application) -> None:
@@ -141,26 +145,26 @@ async def _shutdown(app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, rt.scheduler.stop)
 
 
-async def _cors_on_errors(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path.startswith(("/whip", "/whep")) and "Access-Control-Allow-Origin" not in (
-        response.headers
-    ):
-        response.headers["Access-Control-Allow-Origin"] = request.app[SETTINGS].cors_origin
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready or not for everyone; the engine, why it was chosen and the session count for users
+    with the api permission."""
     status = request.app[STATUS]
+    detailed = allowed(request, Action.API)
     if not status["ready"]:
-        raise Problem(503, "Not ready", status["reason"], {"Retry-After": "5"})
+        reason = status["reason"] if detailed else "the engine is not ready"
+        raise Problem(503, "Not ready", reason, {"Retry-After": "5"})
+    if not detailed:
+        return web.json_response({"ready": True})
     rt = request.app[RUNTIME]
     return web.json_response({**status, "sessions": len(rt.registry)})
 
 
 async def metrics(request: web.Request) -> web.Response:
+    authorize(request, Action.METRICS)
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import ipaddress
 
 from aiohttp import web
 
 from streamvsr.config import ServerSettings
 
+from .access import Action, Address, Denied, Policy, credentials_of
 from .problems import Problem
 from .runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("server_settings", ServerSettings)
+ACCESS = web.AppKey("access", Policy)
 
 
 def runtime_of(request: web.Request) -> Runtime:
@@ -67,26 +69,36 @@ async def read_body(request: web.Request) -> bytes:
         ) from None  # fmt: skip
 
 
-def check_bearer(request: web.Request, token: str | None) -> None:
-    if not token:
-        return
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    # Compared as bytes: compare_digest refuses non-ASCII str (surrogates: undecodable bytes).
-    given_token = value.strip().encode("utf-8", "surrogatepass")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given_token, token.encode()):
-        raise Problem(
-            401, "Unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
-            {"WWW-Authenticate": 'Bearer realm="streamvsr"'},
-        )  # fmt: skip
+def client_address(request: web.Request) -> Address | None:
+    """The client's address: the peer's, or behind a trusted proxy the last address in
+    X-Forwarded-For that is not a trusted proxy (earlier entries are the client's to forge)."""
+    proxies = request.app[SETTINGS].trusted_proxies
+    chain = [request.remote or ""]
+    if proxies:
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        chain = [a.strip() for a in forwarded.split(",") if a.strip()] + chain
+    address = None
+    for text in reversed(chain):
+        try:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            return None
+        if not any(address in proxy for proxy in proxies):
+            return address
+    return address
 
 
-def cors_headers(origin: str, methods: str) -> dict[str, str]:
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Methods": methods,
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-        "Access-Control-Expose-Headers": (
-            "Location, Link, ETag, Accept-Post, Accept-Patch, Retry-After"
-        ),
-    }
+def authorize(request: web.Request, action: Action, stream: str | None = None) -> None:
+    """Refuse (401 or 403) unless a user grants ``action`` to this request."""
+    credentials = credentials_of(request.headers.get("Authorization"))
+    try:
+        request.app[ACCESS].check(action, stream, credentials, client_address(request))
+    except Denied as denied:
+        headers = {"WWW-Authenticate": 'Bearer realm="streamvsr"'} if denied.status == 401 else {}
+        title = "Unauthorized" if denied.status == 401 else "Forbidden"
+        raise Problem(denied.status, title, denied.detail, headers) from None
+
+
+def allowed(request: web.Request, action: Action) -> bool:
+    credentials = credentials_of(request.headers.get("Authorization"))
+    return request.app[ACCESS].allows(action, None, credentials, client_address(request))

@@ -6,12 +6,14 @@ import json
 
 from aiohttp import web
 
-from .http import read_text, require_content_type, runtime_of
+from .access import Action
+from .http import authorize, read_text, require_content_type, runtime_of
 from .peers import open_browser
 from .problems import Problem
 
 
 async def post_offer(request: web.Request) -> web.Response:
+    authorize(request, Action.UPSCALE)
     require_content_type(request, "application/json")
     rt = runtime_of(request)
     text = await read_text(request)

@@ -47,12 +47,18 @@ class PeerSession:
 
     def __init__(self, pc: RTCPeerConnection):
         self.pc = pc
+        # 122 random bits: the session URL's secret (DELETE and PATCH need nothing else), so
+        # logs name a session by a prefix that grants nothing.
         self.id = uuid.uuid4().hex
         self.tasks: list[asyncio.Task] = []
         self.closed = False
 
+    @property
+    def log_id(self) -> str:
+        return self.id[:8]
+
     def __str__(self) -> str:
-        return f"{self.kind} session {self.id}"
+        return f"{self.kind} session {self.log_id}"
 
     def dependents(self) -> list[PeerSession]:
         """Sessions that end with this one."""
@@ -109,7 +115,7 @@ class WhipSession(UpscaledSession):
         self.viewers: set[WhepSession] = set()
 
     def __str__(self) -> str:
-        return f"{self.kind} session {self.id} of stream {self.stream!r}"
+        return f"{self.kind} session {self.log_id} of stream {self.stream!r}"
 
     def receive_audio(self, track: MediaStreamTrack) -> None:
         self.publisher.publish_audio(track)
@@ -134,7 +140,7 @@ class WhepSession(PeerSession):
         return self.source.stream
 
     def __str__(self) -> str:
-        return f"{self.kind} session {self.id} of stream {self.stream!r}"
+        return f"{self.kind} session {self.log_id} of stream {self.stream!r}"
 
     async def close(self) -> None:
         self.source.viewers.discard(self)

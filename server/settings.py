@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from streamvsr.engine.options import (
     choice,
     non_empty_str,
@@ -15,7 +13,10 @@ from streamvsr.engine.options import (
     positive_int,
     setting,
     str_list,
+    yaml_value,
 )
+
+from .access import DEFAULT_USERS, Network, User, networks, user_list
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 
@@ -35,17 +36,18 @@ def positive_seconds(value: Any) -> float:
 def ice_server_list(value: Any) -> tuple[dict[str, Any], ...]:
     """[{urls: stun:host:3478}, {urls: [turn:...], username: u, credential: p}]; a flag's value
     is YAML text."""
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ValueError("must be YAML: a list of {urls, username, credential}") from None
-        value = [value] if isinstance(value, (str, dict)) else value
+    value = yaml_value(value)
+    if isinstance(value, (str, dict)):
+        value = [value]
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ValueError("must be a list of {urls, username, credential} entries")
     return tuple(_ice_server(entry) for entry in value)
+
+
+def address_ranges(value: Any) -> tuple[Network, ...]:
+    return networks(str_list(value))
 
 
 def _ice_server(entry: Any) -> dict[str, Any]:
@@ -140,10 +142,40 @@ class ServerSettings:
         "closed and its encoder freed (0: never, for players that send no RTCP)",
         non_negative,
     )
-    whip_token: str | None = setting(
-        None, "Bearer token WHIP publishers must send; null: no authentication", optional_str
+    users: tuple[User, ...] = setting(
+        DEFAULT_USERS,
+        "who may do what (README: Access): a list of {name, token, ips, permissions}; name any "
+        "is everyone, another user needs its token (sha256:<digest>, from `streamvsr token`); "
+        "ips limits a user to address ranges; permissions: publish and read (with streams: a "
+        "name pattern), upscale (the page), api, metrics. The default: anyone may publish, "
+        "read and upscale, and only this machine may read the api and metrics",
+        user_list,
     )
-    cors_origin: str = setting("*", "Access-Control-Allow-Origin of WHIP and WHEP", non_empty_str)
+    whip_token: str | None = setting(
+        None,
+        "shorthand: WHIP publishers must send this Bearer token (plain, or sha256:<digest>), and "
+        "no user of users may publish without it; null: users alone decide",
+        optional_str,
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        [],
+        "host names the server answers to besides localhost and IP addresses (a Host header "
+        "naming another is refused with 421, against DNS rebinding); .example.org: it and its "
+        "subdomains; *: any",
+        str_list,
+    )
+    cors_origins: tuple[str, ...] = setting(
+        [],
+        "web origins (https://player.example.org) whose pages may call WHIP and WHEP from the "
+        "browser; []: the server's own pages only; *: any",
+        str_list,
+    )
+    trusted_proxies: tuple[Network, ...] = setting(
+        [],
+        "reverse proxies (addresses or ranges) whose X-Forwarded-For names the client: behind "
+        "one, every request would else come from the proxy's address",
+        address_ranges,
+    )
     ice_servers: tuple[dict[str, Any], ...] = setting(
         [],
         "STUN/TURN servers for NAT traversal, e.g. [{urls: stun:stun.l.google.com:19302}, "

@@ -11,7 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .http import runtime_of
+from .access import Action
+from .http import authorize, runtime_of
 from .metrics import DROP_REASONS, SESSION_KINDS, Metrics
 
 
@@ -45,15 +46,18 @@ def stats_of(metrics: Metrics) -> dict[str, Any]:
 
 async def get_stats(request: web.Request) -> web.Response:
     """``?session=<id>`` adds ``session_open``: whether that session is still open here (a page
-    learns at once that the server ended its session, instead of waiting for ICE to time out)."""
+    learns at once that the server ended its session, instead of waiting for ICE to time out).
+    Users with the api permission may read it; a page may with the id of its open session."""
+    session = request.query.get("session")
     rt = runtime_of(request)  # 503 "Not ready" while the engine loads
+    if not (session and (rt.registry.get(session) or rt.registry.ended.find(session))):
+        authorize(request, Action.API)
     body: dict[str, Any] = {
         "engine": rt.choice.engine.name,
         "engine_reason": rt.choice.reason,
         "max_sessions": rt.registry.max_sessions,
         **stats_of(rt.metrics),
     }
-    session = request.query.get("session")
     if session:
         body["session_open"] = rt.registry.get(session) is not None
     return web.json_response(body, headers={"Cache-Control": "no-store"})

@@ -17,15 +17,8 @@ from aiortc import RTCPeerConnection
 
 from streamvsr.config import ServerSettings
 
-from .http import (
-    RUNTIME,
-    SETTINGS,
-    check_bearer,
-    cors_headers,
-    read_text,
-    require_content_type,
-    runtime_of,
-)
+from .access import Action
+from .http import RUNTIME, SETTINGS, authorize, read_text, require_content_type, runtime_of
 from .ice import link_headers
 from .peers import open_whep, open_whip
 from .problems import Problem
@@ -34,7 +27,6 @@ from .sessions import PeerSession, WhepSession, WhipSession
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
-RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
 DEFAULT_STREAM = "live"
 # Unreserved URL characters only: a name goes into Location and logs as it is, and no client
 # normalises it away ("." and ".." are refused too).
@@ -52,7 +44,6 @@ def _created(request: web.Request, location: str, session: PeerSession, answer: 
         "Location": location,
         "ETag": _etag(session),
         "Accept-Patch": TRICKLE,
-        **cors_headers(settings.cors_origin, "POST, OPTIONS"),
     }
     response = web.Response(status=201, text=answer, content_type=SDP, headers=headers)
     for link in link_headers(settings.ice_servers):
@@ -61,8 +52,8 @@ def _created(request: web.Request, location: str, session: PeerSession, answer: 
 
 
 async def post_whip(request: web.Request) -> web.Response:
-    check_bearer(request, _settings(request).whip_token)
     stream = _stream_name(request)
+    authorize(request, Action.PUBLISH, stream)
     require_content_type(request, SDP)
     rt = runtime_of(request)
     session, answer = await open_whip(rt, stream, await read_text(request))
@@ -71,6 +62,7 @@ async def post_whip(request: web.Request) -> web.Response:
 
 async def post_whep(request: web.Request) -> web.Response:
     stream = _stream_name(request)
+    authorize(request, Action.READ, stream)
     require_content_type(request, SDP)
     rt = runtime_of(request)
     session, answer = await open_whep(rt, stream, await read_text(request))
@@ -110,8 +102,10 @@ def _ended_lately(request: web.Request, session_type: ResourceType) -> bool:
     return ended == (session_type.kind, request.match_info["stream"])
 
 
+# DELETE and PATCH need no token: the session URL's id is the secret (see access.py).
+
+
 async def delete_whip(request: web.Request) -> web.Response:
-    check_bearer(request, _settings(request).whip_token)
     return await _delete(request, WhipSession)
 
 
@@ -123,12 +117,10 @@ async def _delete(request: web.Request, session_type: ResourceType) -> web.Respo
     if not _ended_lately(request, session_type):
         rt, session = _resource(request, session_type)
         await rt.registry.close(session, "DELETE by the client")
-    headers = cors_headers(_settings(request).cors_origin, RESOURCE_METHODS)
-    return web.Response(status=200, headers=headers)
+    return web.Response(status=200)
 
 
 async def patch_whip(request: web.Request) -> web.Response:
-    check_bearer(request, _settings(request).whip_token)
     return await _patch(request, WhipSession)
 
 
@@ -145,8 +137,7 @@ async def _patch(request: web.Request, session_type: ResourceType) -> web.Respon
     offer = session.pc.remoteDescription.sdp
     _refuse_restart(fragment, offer)
     await _add_candidates(session.pc, fragment, media_ids(offer))
-    headers = cors_headers(_settings(request).cors_origin, RESOURCE_METHODS)
-    return web.Response(status=204, headers=headers)
+    return web.Response(status=204)
 
 
 def _check_if_match(request: web.Request, session: PeerSession) -> None:
@@ -187,18 +178,14 @@ async def _add_candidates(pc: RTCPeerConnection, fragment: IceFragment, mids: li
 
 
 async def options_endpoint(request: web.Request) -> web.Response:
-    headers = cors_headers(_settings(request).cors_origin, "POST, OPTIONS")
-    headers["Accept-Post"] = SDP
-    response = web.Response(status=204, headers=headers)
+    response = web.Response(status=204, headers={"Accept-Post": SDP})
     for link in link_headers(_settings(request).ice_servers):
         response.headers.add("Link", link)
     return response
 
 
 async def options_resource(request: web.Request) -> web.Response:
-    headers = cors_headers(_settings(request).cors_origin, RESOURCE_METHODS)
-    headers["Accept-Patch"] = TRICKLE
-    return web.Response(status=204, headers=headers)
+    return web.Response(status=204, headers={"Accept-Patch": TRICKLE})
 
 
 def add_routes(app: web.Application) -> None:

@@ -15,7 +15,12 @@ from .flags import add_engine_flags, settings_from_args
 log = logging.getLogger("streamvsr")
 
 # Modules that add their commands to the parser (``register(subparsers)``), in --help order.
-COMMANDS = ("streamvsr.server.command", "streamvsr.upscale.command", "streamvsr.bench.commands")
+COMMANDS = (
+    "streamvsr.server.command",
+    "streamvsr.server.token_command",
+    "streamvsr.upscale.command",
+    "streamvsr.bench.commands",
+)
 
 
 def cmd_download(args: argparse.Namespace) -> int:

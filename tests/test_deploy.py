@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -43,7 +44,10 @@ from support.webrtc import (
     wait_until,
 )
 
+from streamvsr.config import load_settings
 from streamvsr.engine import BicubicEngine
+from streamvsr.server.access import Action, policy
+from streamvsr.server.origins import host_allowed
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "configs" / "prometheus"
@@ -184,6 +188,26 @@ def test_compose_file_validates_and_its_mounts_exist() -> None:
     expected = f"${{{low[0]}:-{low[1]}}}-${{{high[0]}:-{high[1]}}}"
     assert udp == [f"{expected}:{expected}/udp"], udp
     assert "STREAMVSR_SERVER__PUBLIC_IP" in env
+
+
+def test_compose_settings_let_prometheus_scrape_and_keep_others_off_the_metrics() -> None:
+    """The compose file's settings, with its variables at their defaults: Prometheus (in the
+    compose network, asking for host streamvsr) may scrape; a client elsewhere may stream only."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    environment = compose["services"]["streamvsr"]["environment"]
+    defaults = {
+        name: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value) for name, value in environment.items()
+    }
+    server = load_settings(env=defaults).server
+    [subnet] = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    prometheus = ipaddress.ip_network(subnet)[5]
+    access = policy(server.users, server.whip_token)
+    assert host_allowed("streamvsr:8080", server.allowed_hosts)
+    assert access.allows(Action.METRICS, None, None, prometheus)
+    elsewhere = ipaddress.ip_address("198.51.100.9")
+    assert not access.allows(Action.METRICS, None, None, elsewhere)
+    assert not access.allows(Action.API, None, None, elsewhere)
+    assert access.allows(Action.PUBLISH, "live", None, elsewhere)
 
 
 # --- a real Prometheus scraping a streaming server ----------------------------------------------

@@ -27,6 +27,8 @@ const ui = {
   splitControl: $("split-control"),
   inputCaption: $("input-caption"),
   outputCaption: $("output-caption"),
+  tokenField: $("token-field"),
+  token: $("token"),
 };
 
 const FPS = 30;
@@ -134,8 +136,9 @@ async function checkServer() {
     const response = await fetch("/readyz", { cache: "no-store" });
     const body = await response.json().catch(() => ({}));
     if (response.ok) {
-      setStatus(`Server ready · ${body.engine}`, "ok");
-      if (!run.active) showEngine(body.engine, body.reason);
+      // The engine is named to users with the api permission only (else: once connected).
+      setStatus(body.engine ? `Server ready · ${body.engine}` : "Server ready", "ok");
+      if (!run.active && body.engine) showEngine(body.engine, body.reason);
     } else {
       setStatus("Server loading its engine…", "bad");
     }
@@ -329,10 +332,18 @@ class HttpProblem extends Error {
   }
 }
 
+// A token, when the server's operator requires one for the page (401 asks for it); kept for
+// this tab only.
+function authHeaders() {
+  const token = ui.token.value.trim();
+  if (token) sessionStorage.setItem("streamvsr-token", token);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 async function postOffer(offer) {
   const response = await fetch("/offer", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...authHeaders() },
     body: JSON.stringify({ type: offer.type, sdp: offer.sdp }),
   });
   if (response.ok) return response.json();
@@ -399,7 +410,7 @@ async function connect() {
   run.answer = answer;
   document.body.dataset.session = answer.session;
   run.previous = null;
-  run.serverStart = await fetchServerStats();
+  run.serverStart = await fetchServerStats(answer.session);
   run.lastFrameAt = performance.now();
   showEngine(answer.engine, answer.engine_reason);
   showNotice(`Connected (engine: ${answer.engine}). Waiting for the upscaled video…`);
@@ -416,6 +427,17 @@ function onConnectError(error) {
         `The server is not ready yet: it is still loading its engine. Retrying automatically in ${left} s…`,
       );
       setStatus("Server loading its engine…", "bad");
+      return;
+    }
+    if (error.status === 401 || error.status === 403) {
+      ui.tokenField.hidden = false;
+      const ask = ui.token.value ? "This token is not allowed to" : "This server needs an access token to";
+      showNotice(`${ask} upscale (${error.detail || error.title}). Enter it above and press Retry.`, {
+        kind: "error",
+        retry: true,
+      });
+      setStatus("Token needed", "bad");
+      ui.token.focus();
       return;
     }
     if (error.status === 503) {
@@ -483,7 +505,7 @@ function connectionLost(why) {
 async function fetchServerStats(session) {
   try {
     const query = session ? `?session=${encodeURIComponent(session)}` : "";
-    const response = await fetch(`/api/stats${query}`, { cache: "no-store" });
+    const response = await fetch(`/api/stats${query}`, { cache: "no-store", headers: authHeaders() });
     return response.ok ? await response.json() : null;
   } catch {
     return null;
@@ -754,6 +776,11 @@ function applySplit() {
 // --- wiring --------------------------------------------------------------------------------
 
 function init() {
+  const token = sessionStorage.getItem("streamvsr-token");
+  if (token) {
+    ui.token.value = token;
+    ui.tokenField.hidden = false;
+  }
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", () => {
     stopAll();

@@ -34,7 +34,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SDP = "application/sdp"
 JSON = "application/json"
 MAX_BODY = 4096  # an offer of aiortc's is ~2-3 KB
-SETTINGS = {"whip_token": TOKEN, "max_body_bytes": MAX_BODY}
+ORIGIN = "https://player.example"  # a WHEP/WHIP page elsewhere, allowed by cors_origins
+SETTINGS = {"whip_token": TOKEN, "max_body_bytes": MAX_BODY, "cors_origins": [ORIGIN]}
 
 
 # --- offers that cannot be served ----------------------------------------------------------------
@@ -149,7 +150,7 @@ CASES = [
 
 
 async def send(server, case: Case):
-    headers = dict(case.headers or {})
+    headers = {"Origin": ORIGIN, **(case.headers or {})}
     if case.content_type:
         headers["Content-Type"] = case.content_type
     body = await case.body()
@@ -161,7 +162,7 @@ async def check_refused(server, case: Case) -> None:
         assert response.status == case.status, (case.id, response.status, await response.text())
         problem = await problem_of(response)
         if case.path.startswith(("/whip", "/whep")):  # browser WHIP/WHEP clients can read it
-            assert response.headers["Access-Control-Allow-Origin"] == "*", case.id
+            assert response.headers["Access-Control-Allow-Origin"] == ORIGIN, case.id
         if case.status == 405:
             assert "Allow" in response.headers, case.id
     detail = problem.get("detail", "").lower()

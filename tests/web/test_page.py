@@ -33,6 +33,7 @@ from support.webrtc import (
 )
 
 from streamvsr.engine import BicubicEngine
+from streamvsr.server.access import hash_token
 from streamvsr.server.http import RUNTIME
 
 pytestmark = [needs_chromium, pytest.mark.usefixtures("loopback_ice")]
@@ -327,6 +328,28 @@ async def test_server_busy_is_shown_and_retry_works(clip: Path) -> None:
             await page.click("#retry")
             await wait_output_width(page, 4 * 160)
             assert "busy" not in (await notice(page)).lower()
+
+
+async def test_page_asks_for_a_token_when_upscaling_needs_one(clip: Path) -> None:
+    token = "page-secret-token"
+    users = [
+        {"name": "cam", "token": hash_token(token), "permissions": ["upscale"]},
+        {"name": "any", "ips": ["127.0.0.1"], "permissions": ["api", "metrics"]},
+    ]
+    async with (
+        running_server(BicubicEngine("cpu"), server={"users": users}) as server,
+        browser_page(server.url, clip) as page,
+    ):
+        assert not await page.is_visible("#token")
+        await start(page, "160x90")
+        await page.wait_for_function(
+            "document.getElementById('notice-text').textContent.includes('access token')",
+            timeout=10_000,
+        )
+        await page.fill("#token", token)
+        await page.click("#retry")
+        await wait_output_width(page, 4 * 160)
+        assert "token" not in (await notice(page)).lower()
 
 
 async def _sessions(server, count: int) -> bool:
