@@ -99,6 +99,6 @@ def authorize(request: web.Request, action: Action, stream: str | None = None) -
         raise Problem(denied.status, title, denied.detail, headers) from None
 
 
-def allowed(request: web.Request, action: Action) -> bool:
+def allowed(request: web.Request, action: Action, stream: str | None = None) -> bool:
     credentials = credentials_of(request.headers.get("Authorization"))
-    return request.app[ACCESS].allows(action, None, credentials, client_address(request))
+    return request.app[ACCESS].allows(action, stream, credentials, client_address(request))

@@ -18,7 +18,15 @@ from aiortc import RTCPeerConnection
 from streamvsr.config import ServerSettings
 
 from .access import Action
-from .http import RUNTIME, SETTINGS, authorize, read_text, require_content_type, runtime_of
+from .http import (
+    RUNTIME,
+    SETTINGS,
+    allowed,
+    authorize,
+    read_text,
+    require_content_type,
+    runtime_of,
+)
 from .ice import link_headers
 from .peers import open_whep, open_whip
 from .problems import Problem
@@ -178,9 +186,12 @@ async def _add_candidates(pc: RTCPeerConnection, fragment: IceFragment, mids: li
 
 
 async def options_endpoint(request: web.Request) -> web.Response:
+    """CORS preflight and the ICE servers; TURN credentials only to a client that may POST."""
     response = web.Response(status=204, headers={"Accept-Post": SDP})
-    for link in link_headers(_settings(request).ice_servers):
-        response.headers.add("Link", link)
+    action = Action.PUBLISH if request.path.startswith("/whip") else Action.READ
+    if allowed(request, action, request.match_info.get("stream", DEFAULT_STREAM)):
+        for link in link_headers(_settings(request).ice_servers):
+            response.headers.add("Link", link)
     return response
 
 

@@ -264,3 +264,12 @@ async def test_cors_only_for_the_configured_origins() -> None:
             "Origin": "https://player.example", "Content-Type": SDP}) as response:  # fmt: skip
             assert response.status == 400  # refusals are readable by the allowed page too
             assert response.headers["Access-Control-Allow-Origin"] == "https://player.example"
+
+
+async def test_turn_credentials_only_go_to_clients_that_may_post() -> None:
+    turn = {"urls": "turn:127.0.0.1:3478", "username": "user", "credential": "secret"}
+    settings = {"whip_token": OBS_TOKEN, "ice_servers": [turn]}
+    async with running_server(BicubicEngine("cpu"), server=settings) as server:
+        assert "Link" not in await options_headers(server, {})
+        links = (await options_headers(server, bearer(OBS_TOKEN))).getall("Link")
+        assert any('credential="secret"' in link for link in links)
