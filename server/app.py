@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from streamvsr.engines import EngineChoice, create_engine
 
 from . import decoding, encoders
 from .access import Action, policy
+from .cluster.node import ClusterNode, SingleNode
+from .cluster.routing import CLUSTER, PROXY, Proxy
 from .http import ACCESS, RUNTIME, allowed, authorize
 from .ice import rtc_configuration
 from .metrics import Metrics
@@ -39,8 +43,13 @@ STARTUP = web.AppKey("startup", asyncio.Task)
 STATUS = web.AppKey("status", dict)
 
 
-def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Application:
-    """The server; ``choice`` skips loading an engine from the settings (tests, embedding)."""
+def create_app(
+    settings: Settings,
+    choice: EngineChoice | None = None,
+    on_drained: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM),
+) -> web.Application:
+    """The server; ``choice`` skips loading an engine from the settings (tests, embedding).
+    ``on_drained``: what a drained cluster node does (by default it stops, as on SIGTERM)."""
     app = web.Application(
         middlewares=[problem_middleware, host_middleware],
         client_max_size=settings.server.max_body_bytes,
@@ -49,6 +58,8 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
     app[ACCESS] = policy(settings.server.users, settings.server.whip_token)
     app[METRICS] = Metrics()
     app[STATUS] = {"ready": False, "reason": "the engine is loading"}
+    app[CLUSTER] = cluster_node(settings, app[METRICS], on_drained)
+    app[PROXY] = Proxy()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -83,6 +94,18 @@ def create_app(settings: Settings, choice: EngineChoice | None = None) -> web.Ap
     return app
 
 
+def cluster_node(
+    settings: Settings, metrics: Metrics, on_drained: Callable[[], None]
+) -> SingleNode:
+    """This server's place in a cluster (``cluster.redis_url``), or a single node."""
+    cluster, server = settings.cluster, settings.server
+    if not cluster.redis_url:
+        return SingleNode()
+    scheme = "https" if server.tls_cert else "http"
+    url = cluster.advertise_url or f"{scheme}://{server.host}:{server.port}"
+    return ClusterNode(cluster, url, metrics, server.max_sessions, server.max_viewers, on_drained)
+
+
 async def _start_engine(app: web.Application, settings: Settings, choice: EngineChoice | None):
     """Load and warm the engine in a thread; the server answers (503) meanwhile."""
     metrics, status = app[METRICS], app[STATUS]
@@ -115,6 +138,7 @@ async def _start_engine(app: web.Application, settings: Settings, choice: Engine
          "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
          "reason": choice.reason}
     )  # fmt: skip
+    await app[CLUSTER].start(registry)
     metrics.ready.set(1)
     status.update(ready=True, engine=engine.name, reason=choice.reason)
     log.info("ready: engine %s on %s (%s)", engine.name, engine.device, choice.reason)
@@ -139,6 +163,8 @@ async def _shutdown(app: web.Application) -> None:
     startup = app.get(STARTUP)
     if startup is not None and not startup.done():
         startup.cancel()
+    await app[CLUSTER].stop()
+    await app[PROXY].close()
     rt = app.get(RUNTIME)
     if rt is not None:
         await rt.registry.close_all()
@@ -157,10 +183,16 @@ async def readyz(request: web.Request) -> web.Response:
     if not status["ready"]:
         reason = status["reason"] if detailed else "the engine is not ready"
         raise Problem(503, "Not ready", reason, {"Retry-After": "5"})
+    cluster = request.app[CLUSTER]
+    if cluster.draining:  # load balancers: send no one here any more
+        raise Problem(503, "Draining", "this node takes no new sessions", {"Retry-After": "30"})
     if not detailed:
         return web.json_response({"ready": True})
     rt = request.app[RUNTIME]
-    return web.json_response({**status, "sessions": len(rt.registry)})
+    body = {**status, "sessions": len(rt.registry)}
+    if cluster.status():
+        body["cluster"] = cluster.status()
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

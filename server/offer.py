@@ -7,6 +7,8 @@ import json
 from aiohttp import web
 
 from .access import Action
+from .cluster.node import Placement
+from .cluster.routing import CLUSTER, PROXY, engine_placement
 from .http import authorize, read_text, require_content_type, runtime_of
 from .peers import open_browser
 from .problems import Problem
@@ -29,7 +31,12 @@ async def post_offer(request: web.Request) -> web.Response:
         or not isinstance(body.get("sdp"), str)
     ):
         raise Problem(400, "Bad offer", 'expected {"type": "offer", "sdp": "..."}')
-    session, answer = await open_browser(rt, body["sdp"])
+    async with engine_placement(request, None, "proxy") as placement:
+        if not placement.here:  # to the chosen node; its answer has its own ICE candidates
+            response = await request.app[PROXY].offer(request, placement, body)
+            _remember(request, response, placement)
+            return response
+        session, answer = await open_browser(rt, body["sdp"])
     return web.json_response(
         {
             "type": "answer",
@@ -39,3 +46,13 @@ async def post_offer(request: web.Request) -> web.Response:
             "engine_reason": rt.choice.reason,
         }
     )
+
+
+def _remember(request: web.Request, response: web.Response, placement: Placement) -> None:
+    """The node of a proxied page session, for the page's /api/stats?session=ID."""
+    if response.status == 200:
+        try:
+            session = json.loads(response.body)["session"]
+        except (ValueError, KeyError, TypeError):
+            return
+        request.app[CLUSTER].remember(session, placement.url)

@@ -261,6 +261,18 @@ class SessionRegistry:
     def get(self, session_id: str) -> PeerSession | None:
         return self._sessions.get(session_id)
 
+    def in_use(self, viewers: bool = False) -> int:
+        """Places taken in the engine sessions' pool (or the viewers'), negotiating included."""
+        pool = "viewers" if viewers else "engine sessions"
+        return self._pending[pool] + sum(
+            (_viewed(s) is not None) == viewers for s in self._sessions.values()
+        )
+
+    def streams(self) -> list[str]:
+        """The streams published here (live, or being negotiated)."""
+        live = (s.stream for s in self._sessions.values() if isinstance(s, WhipSession))
+        return sorted({*live, *self._claimed})
+
     def source_of(self, stream: str) -> WhipSession | None:
         """The WHIP session that publishes ``stream``, if it is live."""
         for session in self._sessions.values():

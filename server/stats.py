@@ -8,10 +8,12 @@ rates and for the mean latency over that interval.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from .access import Action
+from .cluster.routing import CLUSTER, PROXY
 from .http import authorize, runtime_of
 from .metrics import DROP_REASONS, SESSION_KINDS, Metrics
 
@@ -50,6 +52,10 @@ async def get_stats(request: web.Request) -> web.Response:
     Users with the api permission may read it; a page may with the id of its open session."""
     session = request.query.get("session")
     rt = runtime_of(request)  # 503 "Not ready" while the engine loads
+    node_url = request.app[CLUSTER].url_of(session) if session else None
+    if node_url is not None:  # a page session proxied to another node: its numbers are there
+        url = f"{node_url}/api/stats?session={quote(session)}"
+        return await request.app[PROXY].get(request, url)
     if not (session and (rt.registry.get(session) or rt.registry.ended.find(session))):
         authorize(request, Action.API)
     body: dict[str, Any] = {

@@ -18,6 +18,7 @@ from aiortc import RTCPeerConnection
 from streamvsr.config import ServerSettings
 
 from .access import Action
+from .cluster.routing import CLUSTER, engine_placement, redirect, stream_redirect
 from .http import (
     RUNTIME,
     SETTINGS,
@@ -49,7 +50,7 @@ def _settings(request: web.Request) -> ServerSettings:
 def _created(request: web.Request, location: str, session: PeerSession, answer: str):
     settings = _settings(request)
     headers = {
-        "Location": location,
+        "Location": request.app[CLUSTER].location(location),
         "ETag": _etag(session),
         "Accept-Patch": TRICKLE,
     }
@@ -60,19 +61,28 @@ def _created(request: web.Request, location: str, session: PeerSession, answer: 
 
 
 async def post_whip(request: web.Request) -> web.Response:
+    """In a cluster, a publisher this node cannot take is sent (307) to one that can."""
     stream = _stream_name(request)
     authorize(request, Action.PUBLISH, stream)
     require_content_type(request, SDP)
     rt = runtime_of(request)
-    session, answer = await open_whip(rt, stream, await read_text(request))
+    offer = await read_text(request)
+    async with engine_placement(request, stream, "redirect") as placement:
+        if not placement.here:
+            raise redirect(placement, f"/whip/{quote(stream)}")
+        session, answer = await open_whip(rt, stream, offer)
     return _created(request, f"/whip/{quote(stream)}/{session.id}", session, answer)
 
 
 async def post_whep(request: web.Request) -> web.Response:
+    """In a cluster, a viewer of a stream published on another node is sent (307) there."""
     stream = _stream_name(request)
     authorize(request, Action.READ, stream)
     require_content_type(request, SDP)
     rt = runtime_of(request)
+    node_url = await request.app[CLUSTER].stream_url(stream)
+    if node_url is not None:
+        raise stream_redirect(node_url, f"/whep/{quote(stream)}")
     session, answer = await open_whep(rt, stream, await read_text(request))
     return _created(request, f"/whep/{quote(stream)}/{session.id}", session, answer)
 

@@ -18,6 +18,7 @@ log = logging.getLogger("streamvsr")
 COMMANDS = (
     "streamvsr.server.command",
     "streamvsr.server.token_command",
+    "streamvsr.server.cluster.command",
     "streamvsr.upscale.command",
     "streamvsr.bench.commands",
 )

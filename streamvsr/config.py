@@ -27,6 +27,7 @@ from streamvsr.engine.options import (
     setting,
     str_list,
 )
+from streamvsr.server.cluster.settings import ClusterSettings
 from streamvsr.server.settings import ServerSettings
 
 DEFAULT_CONFIG = Path(str(resources.files("streamvsr.configs") / "default.yaml"))
@@ -80,9 +81,10 @@ class EngineSettings(EngineOptions):
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
-SECTIONS = {"engine": EngineSettings, "server": ServerSettings}
+SECTIONS = {"engine": EngineSettings, "server": ServerSettings, "cluster": ClusterSettings}
 
 
 def declared(section: str) -> list[Field]:
@@ -119,6 +121,12 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             "server.udp_port_min and server.udp_port_max must both be 0 (any port) or a range "
             f"min <= max, got {server.udp_port_min}..{server.udp_port_max}"
+        )
+    cluster = settings.cluster
+    if cluster.redis_url and not cluster.advertise_url and server.host in ("0.0.0.0", "::"):
+        raise ConfigError(
+            "cluster.advertise_url is needed with cluster.redis_url when server.host is "
+            f"{server.host}: the URL that clients and the other nodes reach this node at"
         )
     if not server.min_bitrate <= server.start_bitrate <= server.max_bitrate:
         raise ConfigError(

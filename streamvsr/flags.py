@@ -41,6 +41,7 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     _add_flags(parser.add_argument_group("server (defaults from configs/default.yaml)"), "server")
+    _add_flags(parser.add_argument_group("cluster (defaults from configs/default.yaml)"), "cluster")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

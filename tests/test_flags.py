@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from streamvsr.config import SECTIONS, ConfigError, Settings, declared
+from streamvsr.config import SECTIONS, ConfigError, Settings, declared, yaml_text
 from streamvsr.flags import add_engine_flags, add_server_flags, flag_name, settings_from_args
 
 # The flags from before they were derived (scripts and tests use them).
@@ -28,8 +28,10 @@ def parser() -> argparse.ArgumentParser:
 
 def flag_text(value) -> str:
     """A default as written in YAML, as one writes it on the command line."""
-    if isinstance(value, list):
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return ",".join(value)
+    if isinstance(value, (list, dict)):  # structured settings take YAML text
+        return yaml_text(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
