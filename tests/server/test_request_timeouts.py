@@ -21,7 +21,7 @@ async def trickle(port: int, path: str, content_type: str) -> tuple[float, bytes
     when the server closed the connection."""
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
         "Content-Length: 65000\r\n\r\n"
     )
     writer.write(head.encode())

@@ -44,6 +44,7 @@ async def obs_like_publisher(video: SyntheticVideo, audio: SineAudio):
     assert "a=candidate" not in offer
     return pc, offer
 
+
 PLAYER_ORIGIN = "https://player.example"
 
 
