@@ -1,4 +1,5 @@
-"""The benchmark commands: ``streamvsr bench``, ``bench-serving`` and ``bench-encode``."""
+"""The benchmark commands: ``streamvsr bench``, ``bench-serving``, ``bench-encode`` and
+``bench-churn``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from streamvsr.config import EngineSettings, environment
 from streamvsr.engine.options import EngineOptions
 from streamvsr.flags import add_engine_flags, parse_int_list, parse_size, settings_from_args
+
+KINDS = ("offer", "whip", "whep")  # bench-churn's sessions (bench.churn.KINDS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +93,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=cmd_bench_encode)
 
+    p = sub.add_parser(
+        "bench-churn",
+        help="open and close many short sessions; report the server's memory and threads",
+        description="Start `streamvsr serve` and churn short sessions through it with real "
+        "WebRTC clients over loopback (page /offer, WHIP publishers, WHEP viewers), each streaming "
+        "a few frames; report the server's RSS, threads and malloc arenas before, during and "
+        "after (and after an idle settle), threads per live session and RSS growth per 1000.",
+    )
+    p.add_argument("--sessions", type=int, default=2000, help="sessions to churn (default 2000)")
+    p.add_argument("--concurrency", type=int, default=4, help="sessions at once (default 4)")
+    p.add_argument(
+        "--kinds",
+        type=parse_kinds,
+        default=list(KINDS),
+        metavar="KIND[,KIND...]",
+        help="offer (the page), whip, whep (a viewer of its own WHIP publisher), taken in turn "
+        "(default offer,whip,whep)",
+    )
+    p.add_argument("--frames", type=int, default=5, help="video frames per session (default 5)")
+    p.add_argument("--size", type=parse_size, default=(48, 64), metavar="WxH")
+    p.add_argument("--every", type=int, default=0, help="sessions between samples (0: ~10 rows)")
+    p.add_argument("--settle", type=float, default=10.0, help="idle seconds before the last row")
+    p.add_argument(
+        "--engine-args",
+        default="--engine bicubic",
+        help="flags for the server (default: --engine bicubic)",
+    )
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=cmd_bench_churn)
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .engine_speed import Case, format_table, run_all, to_json
@@ -167,4 +200,31 @@ def cmd_bench_encode(args: argparse.Namespace) -> int:
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def parse_kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"kinds are {', '.join(KINDS)}, got {text!r}")
+    return kinds
+
+
+def cmd_bench_churn(args: argparse.Namespace) -> int:
+    import json
+
+    from .churn import Churn, format_table, run
+
+    height, width = args.size
+    config = Churn(
+        sessions=args.sessions, concurrency=args.concurrency, kinds=tuple(args.kinds),
+        frames=args.frames, size=(width, height), every=args.every, settle_s=args.settle,
+        engine_args=tuple(a for a in args.engine_args.split() if a),
+    )  # fmt: skip
+    result = run(config)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {args.json}")
     return 0

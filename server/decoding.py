@@ -5,6 +5,12 @@ requests: every frame until its next keyframe (x264 in OBS: ~8 s by default) fai
 aiortc logs a warning for each. ``decoder_factory`` wraps aiortc's decoders to count those frames
 and sum them up; ``streamvsr.startup`` installs it in place of aiortc's factory, together with
 ``without_decode_failures``, which drops aiortc's own per-frame warning.
+
+Decoded video frames also carry when they arrived (``time.monotonic()`` in ``frame.opaque``): the
+arrival of their first RTP packet, which ``stamping_arrivals`` (installed by ``streamvsr.startup``
+on aiortc's jitter buffer) puts on each encoded frame, else when the frame reached the decoder. The
+latency metrics start there, so they include aiortc's jitter buffer (it completes a frame when the
+next one's first packet arrives), its decoder queue and the decoding.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from aiortc.codecs import get_decoder as aiortc_get_decoder
 log = logging.getLogger(__name__)
 
 SUMMARY_PERIOD = 10.0  # seconds between log lines of one receiver's decoder
+# FFmpeg's decoders start a thread per core (slices): WebRTC senders send a frame as one slice, so
+# those threads would idle, and input is at most 720p, which one thread decodes in a few ms.
+DECODER_THREADS = 1
+ARRIVALS_KEPT = 64  # arrival times kept for frames not yet complete (or decoded), per stream
 AIORTC_DECODE_WARNING = "RTCRtpReceiver(%s) failed to decode %s frame: %s"
 
 
@@ -43,8 +53,11 @@ class WatchedDecoder:
         self._clock = clock
         self._logged_at: float | None = None  # the last failure logged with its error
         self._unlogged = 0  # failures since then
+        self._arrivals: dict[int, float] = {}  # pts -> arrival, of frames the decoder holds
 
     def decode(self, encoded_frame):
+        # Stamped by the jitter buffer (stamping_arrivals); else it arrives now, at the decoder.
+        arrived_at = getattr(encoded_frame, "arrived_at", None) or time.monotonic()
         try:
             frames = self._inner.decode(encoded_frame)
         except av.FFmpegError as exc:
@@ -53,7 +66,17 @@ class WatchedDecoder:
             raise
         if self._unlogged and self._period_over():
             self._summarise()
+        self._stamp(frames, getattr(encoded_frame, "timestamp", None), arrived_at)
         return frames
+
+    def _stamp(self, frames: list, pts: int | None, arrived_at: float) -> None:
+        """Each decoded video frame gets its arrival in ``opaque``, found by its pts: a decoder
+        that reorders (B-frames) returns a frame of an earlier call."""
+        if pts is not None:
+            _remember(self._arrivals, pts, arrived_at)
+        for frame in frames:
+            if isinstance(frame, av.VideoFrame):
+                frame.opaque = self._arrivals.pop(frame.pts, arrived_at)
 
     def _period_over(self) -> bool:
         return self._logged_at is None or self._clock() - self._logged_at >= self._period
@@ -79,13 +102,43 @@ class WatchedDecoder:
         self._unlogged = 0
 
 
+def _remember(arrivals: dict[int, float], timestamp: int, arrived_at: float) -> None:
+    """Keep the first arrival of ``timestamp``, and only the latest ``ARRIVALS_KEPT`` (packets of
+    frames that were lost or never completed leave theirs behind)."""
+    arrivals.setdefault(timestamp, arrived_at)
+    if len(arrivals) > ARRIVALS_KEPT:
+        del arrivals[next(iter(arrivals))]
+
+
+def stamping_arrivals(add: Callable) -> Callable:
+    """Wraps aiortc's ``JitterBuffer.add(packet)``, which returns an encoded frame once it is
+    complete: a video frame gets ``arrived_at``, when the first of its RTP packets arrived (aiortc
+    keeps no arrival time), for ``WatchedDecoder`` to hand on."""
+
+    def add_stamped(self, packet):
+        if not getattr(self, "_is_video", True):
+            return add(self, packet)
+        arrivals = vars(self).setdefault("_streamvsr_arrivals", {})
+        _remember(arrivals, packet.timestamp, time.monotonic())
+        pli_flag, encoded_frame = add(self, packet)
+        if encoded_frame is not None:
+            encoded_frame.arrived_at = arrivals.pop(encoded_frame.timestamp, None)
+        return pli_flag, encoded_frame
+
+    return add_stamped
+
+
 def decoder_factory(on_undecodable: Callable[[], None]):
     """A stand-in for aiortc's ``get_decoder``: its decoders, watched, calling ``on_undecodable``
     (from decoder threads) for each frame that fails."""
 
     def get_decoder(codec):
-        name = codec.mimeType.split("/")[1]
-        return WatchedDecoder(aiortc_get_decoder(codec), name, on_undecodable)
+        kind, name = codec.mimeType.split("/")
+        decoder = aiortc_get_decoder(codec)
+        context = getattr(decoder, "codec", None)  # aiortc's decoders: an unopened PyAV context
+        if kind == "video" and isinstance(context, av.CodecContext):
+            context.thread_count = DECODER_THREADS
+        return WatchedDecoder(decoder, name, on_undecodable)
 
     return get_decoder
 

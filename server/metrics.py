@@ -14,7 +14,9 @@ STAGE_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 SESSION_KINDS = ("browser", "whip", "whep")
-DROP_REASONS = ("stale", "engine_error", "session_closed", "decode_error", "encoder_busy")
+DROP_REASONS = (
+    "stale", "engine_error", "session_closed", "decode_error", "encoder_busy", "encoder_behind",
+)  # fmt: skip
 
 # Counted in aiortc's decoder threads, which know no app: one count per process, shown by every
 # app's registry (a server is one process).
@@ -33,13 +35,14 @@ class Metrics:
         r = self.registry
         self.frame_latency = Histogram(
             "streamvsr_frame_latency_seconds",
-            "Time from receiving a frame to handing its upscaled frame to the sender",
+            "Time from a frame's arrival (its first RTP packet) to handing its upscaled frame to "
+            "the sender",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.frame_encoded_latency = Histogram(
             "streamvsr_frame_encoded_latency_seconds",
-            "Time from receiving a frame to its upscaled frame leaving the encoder "
-            "(what viewers wait, less the network and their decoder)",
+            "Time from a frame's arrival (its first RTP packet) to its upscaled frame leaving the "
+            "encoder (what viewers wait, less the network and their decoder)",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_wait = Histogram(
@@ -98,12 +101,25 @@ class Metrics:
         )
         self.gpu_memory.set_function(_gpu_memory)
         self.model = Info("streamvsr_model", "The engine that runs", registry=r)
+        self.device_sessions = Gauge(
+            "streamvsr_device_sessions", "Engine sessions by device (engine.devices)",
+            ["device"], registry=r,
+        )  # fmt: skip
+        self.device_busy = Counter(
+            "streamvsr_device_busy_seconds",
+            "Engine step time by device: its rate is the device's utilisation", ["device"],
+            registry=r,
+        )  # fmt: skip
         for kind in SESSION_KINDS:
             self.sessions.labels(kind)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(reason)
 
-    def record_step(self, batch: int, seconds: float, stages: dict[str, float]) -> None:
+    def record_step(
+        self, batch: int, seconds: float, stages: dict[str, float], device: str = ""
+    ) -> None:
+        if device:
+            self.device_busy.labels(device).inc(seconds)
         self.batch_size.observe(batch)
         self.engine_step.observe(seconds)
         for stage, value in stages.items():

@@ -59,7 +59,7 @@ async def _open_upscaled(rt: Runtime, session: UpscaledSession, offer: str) -> s
             session.receive_audio(track)
             return
         pump = pump_video(
-            track, session.id, rt.scheduler, rt.metrics, rt.input_limits,
+            track, session.id, rt.scheduler, session.publisher, rt.metrics, rt.input_limits,
             rt.settings.idle_timeout_s, lambda reason: rt.registry.close(session, reason),
         )  # fmt: skip
         session.tasks.append(asyncio.create_task(pump))

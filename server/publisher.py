@@ -61,6 +61,11 @@ class Publisher:
         """The video tracks that the next upscaled frame goes to."""
         return tuple(self._video)
 
+    def behind(self, frame_coming: bool) -> bool:
+        """Whether every output's encoder is behind (``UpscaledTrack.behind``): a new frame would
+        reach none of them. Without outputs, no."""
+        return bool(self._video) and all(track.behind(frame_coming) for track in self._video)
+
     def subscribe(self) -> list[MediaStreamTrack]:
         """A new subscriber's tracks: the upscaled video, and the audio if the stream has any."""
         video = UpscaledTrack(self._metrics)

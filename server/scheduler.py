@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,11 @@ class Pending:
     """A frame waiting for the engine, with what is needed to send its result on."""
 
     frame: np.ndarray | Callable[[], np.ndarray]  # RGB (H, W, 3), or made by this in the worker
-    received_at: float  # time.monotonic() when the frame arrived
+    # time.monotonic() when the frame arrived (its first RTP packet): end-to-end latencies
+    received_at: float
     context: Any = None  # passed back untouched (timestamps of the frame)
     shape: tuple[int, int] | None = None  # (H, W) of a frame made in the worker
+    queued_at: float = field(default_factory=time.monotonic)  # offered to the scheduler
 
     @property
     def size(self) -> tuple[int, int]:
@@ -68,6 +70,7 @@ class _Source:
     pending: Pending | None = None
     waiting_since: float = 0.0
     busy: bool = False  # a frame of this source is in the engine now
+    handing: int = 0  # results handed to the event loop, not yet run there
     used: float = 0.0  # engine seconds charged to this source (fair queuing)
 
 
@@ -133,9 +136,16 @@ class FrameScheduler:
             if source.pending is not None:
                 self.on_drop("stale")
             else:
-                source.waiting_since = pending.received_at
+                source.waiting_since = pending.queued_at
             source.pending = pending
             self._cond.notify()
+
+    def in_flight(self, key: str) -> bool:
+        """Whether a frame of source ``key`` is in the engine or its result is on its way to the
+        event loop (not a frame still waiting for the engine: a newer one would replace that)."""
+        with self._cond:
+            source = self._sources.get(key)
+            return source is not None and (source.busy or source.handing > 0)
 
     # --- the worker thread ------------------------------------------------------------------
 
@@ -165,16 +175,22 @@ class FrameScheduler:
 
     def _next_batch(self) -> list[tuple[str, _Source, Pending]] | None:
         with self._cond:
-            while not self._stopping and not self._ready():
-                self._cond.wait()
+            keys: list[str] = []
+            while not keys:
+                while not self._stopping and not self._ready():
+                    self._cond.wait()
+                if self._stopping:
+                    return None
+                if self.max_wait > 0 and len(self._ready()) < self.max_batch:
+                    # Give other sources a moment to join (better batching, more latency).
+                    self._cond.wait_for(
+                        lambda: self._stopping or len(self._ready()) >= self.max_batch,
+                        self.max_wait,
+                    )
+                # Re-read: the sources that were ready may have closed during the wait.
+                keys = [key for *_, key in self._ready()]
             if self._stopping:
                 return None
-            if self.max_wait > 0 and len(self._ready()) < self.max_batch:
-                # Give other sources a moment to join this step (better batching, more latency).
-                self._cond.wait_for(
-                    lambda: self._stopping or len(self._ready()) >= self.max_batch, self.max_wait
-                )
-            keys = [key for *_, key in self._ready()]
             size = self._sources[keys[0]].pending.size
             batch = []
             for key in keys:
@@ -201,7 +217,7 @@ class FrameScheduler:
                 source.state = result.state
             processed = Processed(
                 result.frame, pending.received_at, pending.context,
-                queue_wait=started - pending.received_at, step_time=step_time,
+                queue_wait=started - pending.queued_at, step_time=step_time,
                 batch_size=len(batch), pixel_format=result.pixel_format,
             )  # fmt: skip
             self._deliver(key, source, processed)
@@ -213,7 +229,7 @@ class FrameScheduler:
             try:
                 frames.append(pending.pixels())
             except Exception:  # a broken frame must not end the stream
-                log.exception("session %s: could not convert a received frame", key)
+                log.exception("session %.8s: could not convert a received frame", key)
                 self.on_drop("decode_error")
                 continue
             kept.append((key, source, pending))
@@ -223,7 +239,17 @@ class FrameScheduler:
         try:
             handoff = source.deliver(processed)
         except Exception:
-            log.exception("session %s: could not prepare an upscaled frame", key)
+            log.exception("session %.8s: could not prepare an upscaled frame", key)
             return
         if handoff is not None:
-            self.loop.call_soon_threadsafe(handoff)
+            with self._cond:
+                source.handing += 1
+            self.loop.call_soon_threadsafe(self._hand_over, source, handoff)
+
+    def _hand_over(self, source: _Source, handoff: Callable[[], None]) -> None:
+        """Run on the event loop: the result reaches the session's outputs."""
+        try:
+            handoff()
+        finally:
+            with self._cond:
+                source.handing -= 1

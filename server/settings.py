@@ -9,6 +9,7 @@ from streamvsr.engine.options import (
     choice,
     non_empty_str,
     non_negative,
+    non_negative_int,
     optional_str,
     positive_int,
     setting,
@@ -221,3 +222,9 @@ class ServerSettings:
         4_000_000, "outgoing video bitrate at the start (bit/s)", positive_int
     )
     max_bitrate: int = setting(12_000_000, "highest outgoing video bitrate (bit/s)", positive_int)
+    encoder_threads: int = setting(
+        4,
+        "most threads of each x264 encoder; it takes one per 960x540 of output, so that large "
+        "frames encode in parallel slices (0: x264's choice, 1.5 per core, each encoder)",
+        non_negative_int,
+    )

@@ -66,7 +66,11 @@ class SessionSize:
 
 
 class UpscaledTrack(MediaStreamTrack):
-    """Outgoing video: the newest upscaled frame of a session (a one-frame mailbox)."""
+    """Outgoing video: the newest upscaled frame of a session (a one-frame mailbox).
+
+    Its sender pulls: it takes a frame, encodes and sends it, then asks for the next one. From
+    taking a frame until asking again its encoder is busy (``behind`` tells the input pump).
+    """
 
     kind = "video"
 
@@ -77,6 +81,12 @@ class UpscaledTrack(MediaStreamTrack):
         self._received_at = 0.0
         self._ready = asyncio.Event()
         self._consumed = False
+        self._encoding = False  # the sender took a frame and has not asked for the next yet
+
+    def behind(self, frame_coming: bool) -> bool:
+        """Whether this output's encoder is busy and its next frame is already here (or
+        ``frame_coming`` from the engine): a frame upscaled now would only replace that one."""
+        return self._encoding and (self._frame is not None or frame_coming)
 
     def put(self, frame: av.VideoFrame, received_at: float) -> None:
         if self._frame is not None and self._consumed:
@@ -86,13 +96,14 @@ class UpscaledTrack(MediaStreamTrack):
         self._ready.set()
 
     async def recv(self) -> av.VideoFrame:
+        self._encoding = False  # the sender is done with its last frame
         while self._frame is None:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
         frame, self._frame = self._frame, None
-        self._consumed = True
+        self._consumed = self._encoding = True
         self._metrics.frames_sent.inc()
         self._metrics.frame_latency.observe(time.monotonic() - self._received_at)
         return frame
@@ -140,12 +151,21 @@ async def pump_video(
     track: MediaStreamTrack,
     key: str,
     scheduler: FrameScheduler,
+    publisher: Publisher,
     metrics: Metrics,
     limits: InputLimits,
     idle_timeout: float,
     on_end: Callable[[str], Awaitable[None]],
 ) -> None:
-    """Feed a received video track to the scheduler until it ends or goes quiet."""
+    """Feed a received video track to the scheduler until it ends or goes quiet.
+
+    A session's output rate is capped at what its encoders keep up with: while each of its
+    outputs is still encoding a frame and already has the next one (waiting, or in the engine),
+    a received frame is skipped before the engine (dropped as ``encoder_behind``) instead of
+    being upscaled only to be replaced unsent. So a session whose encoding is slower than its
+    input (1440p x264 on a few cores) sends what its encoders manage, and the engine steps, frame
+    conversions and copies that others wait for are spent on those frames only.
+    """
     reason = "track ended"
     warned = False
     sizes = SessionSize(limits)
@@ -158,15 +178,20 @@ async def pump_video(
             reason = f"no video for {idle_timeout:g} s"
             break
         metrics.frames_received.inc()
-        received_at = time.monotonic()
-        width, height = sizes.target(frame.width, frame.height, received_at)
+        if publisher.behind(frame_coming=scheduler.in_flight(key)):
+            metrics.frames_dropped.labels("encoder_behind").inc()
+            continue
+        now = time.monotonic()
+        # Stamped by the watched decoder: its first RTP packet's arrival (see server.decoding).
+        received_at = frame.opaque if isinstance(frame.opaque, float) else now
+        width, height = sizes.target(frame.width, frame.height, now)
         if width * height < frame.width * frame.height:
             metrics.frames_downscaled.inc()
             size = (frame.width, frame.height)
             # Not a smaller size kept for a while after a change: the sender is over the limit.
             if fit_within(*size, limits) != size and not warned:
                 log.warning(
-                    "session %s: input %dx%d is over the %dx%d (%s pixel) limit, downscaled "
+                    "session %.8s: input %dx%d is over the %dx%d (%s pixel) limit, downscaled "
                     "to %dx%d",
                     key, frame.width, frame.height, limits.max_width, limits.max_height,
                     limits.max_pixels, width, height,

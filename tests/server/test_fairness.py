@@ -1,14 +1,18 @@
 """One heavy client must not slow the others: a 720p sender and a sender whose frame size changes
-every frame, next to a small bystander, on the bicubic CPU engine."""
+every frame, next to a small bystander, on the bicubic CPU engine; and a session whose encoder
+falls behind gets no more frames upscaled than it encodes."""
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 
-import pytest
+import av
+from aiortc.mediastreams import MediaStreamTrack
 from support.webrtc import (
     SyntheticVideo,
     identify,
@@ -17,7 +21,18 @@ from support.webrtc import (
     running_server,
 )
 
-from streamvsr.server.tracks import InputLimits, SessionSize, fit_within
+from streamvsr.engine import BicubicEngine
+from streamvsr.server.metrics import Metrics
+from streamvsr.server.publisher import Publisher
+from streamvsr.server.scheduler import FrameScheduler
+from streamvsr.server.tracks import (
+    InputLimits,
+    SessionSize,
+    UpscaledTrack,
+    deliver_to,
+    fit_within,
+    pump_video,
+)
 
 ALONE_S, TOGETHER_S = 2.5, 4.0
 
@@ -98,13 +113,9 @@ async def test_720p_client_does_not_slow_a_bystander() -> None:
     heavy = SyntheticVideo(lambda n: pattern(n, 1280, 720), fps=15)
     result = await bystander_with(heavy)
     assert result["sizes"] and max(w * h for w, h in result["sizes"]) <= 2560 * 1440
-    try:
-        assert_bystander_unharmed(result)
-    except AssertionError as exc:  # the budget above must hold; this bound is a known gap
-        pytest.xfail(
-            "on 2 shared cores the 720p client's 1440p x264 encoding and the test's own client "
-            f"codecs oversubscribe the CPU; needs a per-session output rate cap: {exc}"
-        )
+    # On 2 cores its 1440p x264 encoding is slower than its input: the frames its encoder cannot
+    # take are skipped before the engine (see test_an_encoder_that_is_behind_...).
+    assert_bystander_unharmed(result)
 
 
 async def test_size_changing_client_does_not_slow_a_bystander() -> None:
@@ -131,3 +142,90 @@ def test_session_size_changes_at_most_every_interval() -> None:
     assert size.target(336, 192, now=0.5) == (336, 192)  # a first change: at once
     assert size.target(320, 180, now=1.0) == (336, 192)  # scaled to the current size
     assert size.target(320, 180, now=2.5) == (320, 180)
+
+
+class QueuedVideo(MediaStreamTrack):
+    """Received video as ``pump_video`` reads it: the frames put in its queue."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[av.VideoFrame] = asyncio.Queue()
+
+    def put(self, index: int) -> None:
+        frame = av.VideoFrame.from_ndarray(pattern(index), format="rgb24")
+        frame.pts, frame.time_base = index, fractions.Fraction(1, 30)
+        self.queue.put_nowait(frame)
+
+    async def recv(self) -> av.VideoFrame:
+        return await self.queue.get()
+
+
+async def poll(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_an_encoder_that_is_behind_gets_no_frames_upscaled_that_it_cannot_take() -> None:
+    """The output's sender takes frame 0 and keeps encoding it; frame 1 is upscaled as its next;
+    frames 2-5 would only replace frame 1 unsent, so they skip the engine (``encoder_behind``).
+    Once the sender asks for its next frame (and gets 1), frame 6 is upscaled again."""
+    metrics, steps = Metrics(), []
+    scheduler = FrameScheduler(
+        BicubicEngine("cpu"), asyncio.get_running_loop(), on_step=lambda n, *_: steps.append(n)
+    )
+    publisher = Publisher(metrics)
+    [output] = publisher.subscribe()
+    scheduler.add_source("s", deliver_to(publisher, metrics), seed=0)
+    scheduler.start()
+    video = QueuedVideo()
+
+    async def on_end(reason: str) -> None:
+        pass
+
+    pump = asyncio.create_task(
+        pump_video(video, "s", scheduler, publisher, metrics, InputLimits(640, 360), 0, on_end)
+    )
+
+    def count(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    try:
+        video.put(0)
+        assert (await asyncio.wait_for(output.recv(), 5)).pts == 0  # now encoding frame 0
+        video.put(1)
+        await poll(lambda: output.behind(frame_coming=False), "frame 1 to wait for the encoder")
+        for index in range(2, 6):
+            video.put(index)
+        await poll(lambda: count("streamvsr_frames_received_total") == 6, "frames 2-5")
+        assert count("streamvsr_frames_dropped_total", reason="encoder_behind") == 4
+        assert len(steps) == 2  # frames 0 and 1 only
+        assert (await output.recv()).pts == 1  # the sender is done with frame 0: next, frame 1
+        video.put(6)
+        assert (await asyncio.wait_for(output.recv(), 5)).pts == 6
+        assert len(steps) == 3
+        assert count("streamvsr_frames_dropped_total", reason="encoder_busy") == 0
+    finally:
+        pump.cancel()
+        scheduler.stop()
+
+
+async def test_an_output_is_behind_while_encoding_with_its_next_frame_on_the_way() -> None:
+    output = UpscaledTrack(Metrics())
+    frame = av.VideoFrame(8, 8, "rgb24")
+    assert not output.behind(frame_coming=True)  # no sender has taken a frame yet
+    output.put(frame, time.monotonic())
+    assert await output.recv() is frame  # the sender encodes it now
+    assert not output.behind(frame_coming=False)
+    assert output.behind(frame_coming=True)
+    output.put(av.VideoFrame(8, 8, "rgb24"), time.monotonic())
+    assert output.behind(frame_coming=False)
+    await output.recv()
+    asking = asyncio.create_task(output.recv())  # done encoding: it asks for the next one
+    await asyncio.sleep(0)
+    assert not output.behind(frame_coming=True)
+    output.stop()
+    await asyncio.gather(asking, return_exceptions=True)
