@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -17,12 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streamvsr import startup
 from streamvsr.config import Settings
 from streamvsr.engine import FrameRequest
-from streamvsr.engines import EngineChoice, create_engine
+from streamvsr.engines import EngineChoice, create_engines
 
 from . import decoding, encoders
 from .access import Action, policy
 from .cluster.node import ClusterNode, SingleNode
 from .cluster.routing import CLUSTER, PROXY, Proxy
+from .devices import DevicePool, device_labels
 from .http import ACCESS, RUNTIME, allowed, authorize
 from .ice import rtc_configuration
 from .metrics import Metrics
@@ -45,10 +47,11 @@ STATUS = web.AppKey("status", dict)
 
 def create_app(
     settings: Settings,
-    choice: EngineChoice | None = None,
+    choice: EngineChoice | list[EngineChoice] | None = None,
     on_drained: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM),
 ) -> web.Application:
-    """The server; ``choice`` skips loading an engine from the settings (tests, embedding).
+    """The server; ``choice`` (or a list, one per device) skips loading engines from the
+    settings (tests, embedding).
     ``on_drained``: what a drained cluster node does (by default it stops, as on SIGTERM)."""
     app = web.Application(
         middlewares=[problem_middleware, host_middleware],
@@ -86,6 +89,10 @@ def create_app(
             traffic_consent=True,
             dtls_failure_log=True,
             client_http_errors=True,
+            # Bounded memory and threads per session (bench-churn: +23 -> +1.4 MiB per 1000).
+            malloc_arenas=2,
+            trim_after_close=True,
+            ffmpeg_cpus=1,
         )
         app[STARTUP] = asyncio.create_task(_start_engine(app, settings, choice))
 
@@ -106,42 +113,64 @@ def cluster_node(
     return ClusterNode(cluster, url, metrics, server.max_sessions, server.max_viewers, on_drained)
 
 
-async def _start_engine(app: web.Application, settings: Settings, choice: EngineChoice | None):
-    """Load and warm the engine in a thread; the server answers (503) meanwhile."""
+async def _start_engine(
+    app: web.Application, settings: Settings, choice: EngineChoice | list[EngineChoice] | None
+):
+    """Load and warm the engine (a copy per device) in a thread; the server answers (503)
+    meanwhile, and is ready when every device is."""
     metrics, status = app[METRICS], app[STATUS]
     loop = asyncio.get_running_loop()
     try:
         if choice is None:
-            choice = await loop.run_in_executor(None, create_engine, settings.engine)
-        await loop.run_in_executor(None, warm_up, choice, settings)
+            choices = await loop.run_in_executor(None, create_engines, settings.engine)
+        else:
+            choices = [choice] if isinstance(choice, EngineChoice) else list(choice)
+        for each in choices:
+            await loop.run_in_executor(None, warm_up, each, settings)
     except Exception as exc:
         log.exception("the engine could not start")
         status.update(ready=False, reason=f"the engine could not start: {exc}")
         return
-    engine = choice.engine
-    scheduler = FrameScheduler(
-        engine, loop, settings.server.max_batch, settings.server.max_wait_ms,
-        on_step=metrics.record_step,
-        on_drop=lambda reason: metrics.frames_dropped.labels(reason).inc(),
-    )  # fmt: skip
-    scheduler.start()
+    pool = _device_pool(choices, settings, metrics, loop)
+    pool.start()
     registry = SessionRegistry(
-        settings.server.max_sessions, scheduler, metrics,
+        settings.server.max_sessions, pool, metrics,
         settings.server.max_viewers, settings.server.max_viewers_per_stream,
     )  # fmt: skip
+    choice, engine = choices[0], choices[0].engine
     app[RUNTIME] = Runtime(
-        settings.server, choice, metrics, scheduler, registry,
+        settings.server, choice, metrics, pool, registry,
         rtc_configuration(settings.server.ice_servers), base_seed=settings.engine.seed,
     )  # fmt: skip
     metrics.model.info(
         {"engine": engine.name, "model": str(getattr(engine, "model_id", "") or engine.name),
-         "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+         "device": ", ".join(pool.labels), "dtype": str(engine.dtype).removeprefix("torch."),
          "reason": choice.reason}
     )  # fmt: skip
     await app[CLUSTER].start(registry)
     metrics.ready.set(1)
-    status.update(ready=True, engine=engine.name, reason=choice.reason)
-    log.info("ready: engine %s on %s (%s)", engine.name, engine.device, choice.reason)
+    status.update(ready=True, engine=engine.name, reason=choice.reason, devices=pool.labels)
+    log.info("ready: engine %s on %s (%s)", engine.name, ", ".join(pool.labels), choice.reason)
+
+
+def _device_pool(
+    choices: list[EngineChoice], settings: Settings, metrics: Metrics, loop
+) -> DevicePool:
+    """A GPU worker per engine copy, each counted under its device's label."""
+    labels = device_labels([str(c.engine.device) for c in choices])
+    workers = []
+    for each, label in zip(choices, labels, strict=True):
+        workers.append(FrameScheduler(
+            each.engine, loop, settings.server.max_batch, settings.server.max_wait_ms,
+            on_step=functools.partial(metrics.record_step, device=label),
+            on_drop=lambda reason: metrics.frames_dropped.labels(reason).inc(),
+        ))  # fmt: skip
+    pool = DevicePool(workers, labels)
+    for label in labels:
+        metrics.device_sessions.labels(label).set_function(
+            lambda label=label: pool.sessions()[label]
+        )
+    return pool
 
 
 def warm_up(choice: EngineChoice, settings: Settings) -> None:

@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
 
-    from streamvsr.engines import create_engine
+    from streamvsr.engines import create_engines
 
     from .app import create_app
 
@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.engine.kind == "stream-diffvsr":
         # Asked for explicitly: refuse to start without it (auto loads in the background).
         log.info("loading Stream-DiffVSR (%s) before serving", settings.engine.model)
-        choice = create_engine(settings.engine)
+        choice = create_engines(settings.engine)
     context = None
     if server.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -62,6 +62,7 @@ async def get_stats(request: web.Request) -> web.Response:
         "engine": rt.choice.engine.name,
         "engine_reason": rt.choice.reason,
         "max_sessions": rt.registry.max_sessions,
+        "devices": rt.scheduler.sessions(),  # engine sessions per device
         **stats_of(rt.metrics),
     }
     if session:

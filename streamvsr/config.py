@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from importlib import resources
@@ -49,6 +50,20 @@ def sizes(value: Any) -> tuple[tuple[int, int], ...]:
     return tuple(result)
 
 
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def device_list(value: Any) -> tuple[str, ...]:
+    """[cuda:0, cuda:1], [auto] or []."""
+    devices = str_list(value)
+    if devices == ("auto",):
+        return devices
+    bad = [d for d in devices if not DEVICE.fullmatch(d)]
+    if bad:
+        raise ValueError(f"must list cpu, mps, cuda or cuda:N (or be auto alone); not {bad}")
+    return devices
+
+
 @dataclass(frozen=True)
 class EngineSettings(EngineOptions):
     """Which engine runs on which model, with ``load_engine``'s options (it is the
@@ -68,6 +83,13 @@ class EngineSettings(EngineOptions):
         0,
         "noise seed of the first session; later sessions use seed+1, seed+2, ... (null: random)",
         optional_int,
+    )
+    devices: tuple[str, ...] = setting(
+        [],
+        "devices that each run a copy of the engine, with a GPU worker each (cuda:0, cuda:1; "
+        "comma-separated on the command line); a new session goes to the one with the most "
+        "free capacity. auto: every visible GPU; []: engine.device alone",
+        device_list,
     )
     warmup_sizes: tuple[tuple[int, int], ...] = setting(
         ["320x180"],

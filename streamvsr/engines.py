@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -38,6 +38,27 @@ def create_engine(settings: EngineSettings) -> EngineChoice:
             reason = f"Stream-DiffVSR could not be loaded, so the bicubic engine runs: {exc}"
     log.warning(reason)
     return EngineChoice(_bicubic(settings), reason)
+
+
+def engine_devices(settings: EngineSettings) -> list[str]:
+    """The devices that get an engine copy (``engine.devices``; ``auto``: every visible GPU)."""
+    if list(settings.devices) == ["auto"]:
+        count = torch.cuda.device_count()
+        return [f"cuda:{n}" for n in range(count)] if count else [settings.device]
+    return list(settings.devices) or [settings.device]
+
+
+def create_engines(settings: EngineSettings) -> list[EngineChoice]:
+    """One engine per device of ``engine_devices``, each with the same choice (and weights)."""
+    choices = []
+    for device in engine_devices(settings):
+        choices.append(create_engine(replace(settings, device=device)))
+        if choices[-1].engine.name != choices[0].engine.name:
+            raise EngineError(
+                f"{device} runs {choices[-1].engine.name} but {choices[0].engine.name} runs on "
+                f"the first device: {choices[-1].reason}"
+            )
+    return choices
 
 
 def _bicubic(settings: EngineSettings) -> BicubicEngine:

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from redis.exceptions import RedisError
+
 from streamvsr.config import ConfigError
 from streamvsr.flags import settings_from_args
 
@@ -57,7 +59,16 @@ def _registry(args: argparse.Namespace) -> ClusterRegistry:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     grace = args.grace or settings_from_args(args).cluster.drain_grace_s
-    return asyncio.run(_drain(_registry(args), args.node, grace, args.undo))
+    return _run(_drain(_registry(args), args.node, grace, args.undo))
+
+
+def _run(command) -> int:
+    """Run a command against Redis; one line, not a traceback, when Redis cannot be reached."""
+    try:
+        return asyncio.run(command)
+    except (RedisError, OSError) as exc:
+        print(f"error: the cluster's Redis cannot be reached: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _drain(registry: ClusterRegistry, node: str, grace: float, undo: bool) -> int:
@@ -77,7 +88,7 @@ async def _drain(registry: ClusterRegistry, node: str, grace: float, undo: bool)
 
 def cmd_status(args: argparse.Namespace) -> int:
     timeout = settings_from_args(args).cluster.node_timeout_s
-    return asyncio.run(_status(_registry(args), timeout))
+    return _run(_status(_registry(args), timeout))
 
 
 async def _status(registry: ClusterRegistry, timeout_s: float) -> int:

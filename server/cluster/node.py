@@ -9,6 +9,7 @@ so (``/readyz`` for the api, ``streamvsr_cluster_connected``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -125,6 +126,15 @@ class ClusterNode(SingleNode):
         )  # fmt: skip
         for placement in PLACEMENTS:
             self.placements.labels(placement)
+        # Slots in all and in use, per pool: what an autoscaler scales on (KEDA, used/total).
+        self.slots_gauge = Gauge(
+            "streamvsr_cluster_slots", "This node's session slots: model (pages, WHIP "
+            "publishers) and viewer (WHEP)", ["pool"], registry=r,
+        )  # fmt: skip
+        self.used_gauge = Gauge(
+            "streamvsr_cluster_slots_used", "This node's slots in use, by pool", ["pool"],
+            registry=r,
+        )  # fmt: skip
 
     # --- life ------------------------------------------------------------------------------
 
@@ -141,14 +151,15 @@ class ClusterNode(SingleNode):
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        try:
+        with contextlib.suppress(RedisError, OSError):
             for stream in self._hosted:
                 await self.redis.unhost(self.id, stream)
-        except RedisError:
-            pass
         await self.redis.close()
 
     async def _beat_forever(self) -> None:
+        # A drain mark from this node's previous life (a restart under the same id) is void.
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.undrain(self.id)
         while True:
             await self.beat()
             await asyncio.sleep(self.settings.heartbeat_s)
@@ -183,12 +194,20 @@ class ClusterNode(SingleNode):
 
     def _fields(self) -> dict[str, object]:
         used_model = self.sessions.in_use()
+        used_viewers = self.sessions.in_use(viewers=True)
+        model_slots = 0 if self.draining else self.slots["model"]
+        for pool, total, used in (
+            ("model", model_slots, used_model),
+            ("viewer", self.slots["viewer"], used_viewers),
+        ):
+            self.slots_gauge.labels(pool).set(total)
+            self.used_gauge.labels(pool).set(used)
         return {
             "url": self.url,
-            "model_slots": 0 if self.draining else self.slots["model"],
+            "model_slots": model_slots,
             "model_used": used_model,
             "viewer_slots": self.slots["viewer"],
-            "viewer_used": self.sessions.in_use(viewers=True),
+            "viewer_used": used_viewers,
             "sessions": len(self.sessions),
             "step_ms": round(self._mean_step() * 1000, 1),
             "draining": int(self.draining),

@@ -365,13 +365,13 @@ async def test_not_ready_is_shown_then_the_page_connects_by_itself(
     import streamvsr.server.app as app_module
 
     release = threading.Event()
-    real_create_engine = app_module.create_engine
+    real_create_engines = app_module.create_engines
 
-    def held_create_engine(settings):
+    def held_create_engines(settings):
         release.wait(60)
-        return real_create_engine(settings)
+        return real_create_engines(settings)
 
-    monkeypatch.setattr(app_module, "create_engine", held_create_engine)
+    monkeypatch.setattr(app_module, "create_engines", held_create_engines)
     engine_settings = tiny_engine_settings
     try:
         async with (

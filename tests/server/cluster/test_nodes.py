@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 from aiortc import RTCSessionDescription
 from support.cluster import cluster_nodes, redis_server
+from support.libdatachannel import h264_clip, libdatachannel, opus_clip, run_node
 from support.webrtc import (
     SyntheticVideo,
     client_pc,
@@ -223,3 +224,25 @@ async def test_without_redis_a_node_serves_its_own_sessions(tmp_path: Path) -> N
                 assert "Redis" in node.output() and "unreachable" in node.output()
             finally:
                 await asyncio.gather(*(pc.close() for pc in peers))
+
+
+async def test_an_obs_like_publisher_follows_the_307(tmp_path: Path) -> None:
+    """OBS's WebRTC stack (libdatachannel, the OBS-like script of test_libdatachannel.py) at a
+    full front door: sent on to the other node, it publishes there and DELETEs its Location."""
+    env = libdatachannel()
+    h264_clip(tmp_path / "video.au")
+    opus_clip(tmp_path / "audio.au")
+    with redis_server() as redis, cluster_nodes(redis.url, tmp_path, 2, *ONE_SLOT) as [a, b]:
+        async with aiohttp.ClientSession() as http:
+            status, final, _, taken, _ = await publish(http, f"{a.url}/whip/first")
+            try:
+                assert status == 201 and final.startswith(a.url)
+                report = await run_node(
+                    env, "obs_like_whip.mjs", f"{a.url}/whip/live", "--seconds", "3",
+                    "--video", str(tmp_path / "video.au"), "--audio", str(tmp_path / "audio.au"),
+                )  # fmt: skip
+            finally:
+                await taken.close()
+    assert report["status"] == 201 and report["state"] == "connected", report
+    assert report["location"].startswith(f"{b.url}/whip/live/"), report
+    assert report["sent"]["video"] > 30 and report["deleted"] == 200, report

@@ -30,12 +30,14 @@ async def registries():
             await second.close()
 
 
-async def beat(registry, node: str, model=(0, 2), viewers=(0, 8), streams=()) -> float | None:
+async def beat(
+    registry, node: str, model=(0, 2), viewers=(0, 8), streams=(), timeout_s=TIMEOUT_S
+) -> float | None:
     fields = {
         "url": f"http://{node}.test:8080", "model_used": model[0], "model_slots": model[1],
         "viewer_used": viewers[0], "viewer_slots": viewers[1],
     }  # fmt: skip
-    return await registry.heartbeat(node, fields, list(streams), TIMEOUT_S)
+    return await registry.heartbeat(node, fields, list(streams), timeout_s)
 
 
 async def test_the_node_with_most_free_slots_is_chosen_and_the_preferred_one_when_it_has_room(
@@ -107,7 +109,7 @@ async def test_stream_map_follows_heartbeats(registries) -> None:
 
 async def test_cluster_status_command_prints_nodes_and_streams(registries) -> None:
     registry, _ = registries
-    await beat(registry, "a", model=(1, 2), streams=["live"])
+    await beat(registry, "a", model=(1, 2), streams=["live"], timeout_s=120)  # outlives startup
     url = registry.redis.connection_pool.connection_kwargs
     redis_url = f"redis://{url['host']}:{url['port']}/0"
     command = [sys.executable, "-m", "streamvsr", "cluster", "status", "--redis-url", redis_url,
