@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import math
 import time
 from collections.abc import Callable
 
@@ -59,5 +60,38 @@ class PacedCamera(MediaStreamTrack):
         frame.time_base = VIDEO_TIME_BASE
         if self.keep_sent:
             self.sent[self.first + self.count] = (time.monotonic(), image)
+        self.count += 1
+        return frame
+
+
+class SineAudio(MediaStreamTrack):
+    """A paced 48 kHz stereo s16 sine in 20 ms frames."""
+
+    kind = "audio"
+    RATE = 48000
+    SAMPLES = 960
+
+    def __init__(self, frequency: float = 440.0, amplitude: float = 0.3):
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = amplitude
+        self.count = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self.count * self.SAMPLES / self.RATE
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        t = (self.count * self.SAMPLES + np.arange(self.SAMPLES)) / self.RATE
+        mono = (self.amplitude * 32767 * np.sin(2 * math.pi * self.frequency * t)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate = self.RATE
+        frame.pts = self.count * self.SAMPLES
+        frame.time_base = fractions.Fraction(1, self.RATE)
         self.count += 1
         return frame

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fractions
 import itertools
-import math
 import os
 import subprocess
 import sys
@@ -28,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamvsr import startup
 
-from .camera import PacedCamera
+from .camera import PacedCamera, SineAudio
 from .frames import moving_frames
 from .serving import free_port
 
@@ -168,36 +164,6 @@ class ServerProcess:
 # --- client peers --------------------------------------------------------------------------------
 
 
-class SineAudio(MediaStreamTrack):
-    """A paced 48 kHz stereo tone in 20 ms frames (a WHIP publisher's microphone)."""
-
-    kind = "audio"
-    RATE, SAMPLES = 48000, 960
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.count * self.SAMPLES / self.RATE
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        t = (self.count * self.SAMPLES + np.arange(self.SAMPLES)) / self.RATE
-        mono = (3000 * np.sin(2 * math.pi * 440 * t)).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(
-            np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo"
-        )
-        frame.sample_rate = self.RATE
-        frame.pts = self.count * self.SAMPLES
-        frame.time_base = fractions.Fraction(1, self.RATE)
-        self.count += 1
-        return frame
-
-
 @dataclass
 class Peer:
     """One client peer connection, what it received, and its resource on the server."""
@@ -284,7 +250,7 @@ class Clients:
         """An OBS-like WHIP publisher of ``stream``: video and audio, send only."""
         peer = Peer(self._pc(), self._camera())
         peer.pc.addTransceiver(peer.camera, direction="sendonly")
-        peer.pc.addTransceiver(SineAudio(), direction="sendonly")
+        peer.pc.addTransceiver(SineAudio(amplitude=0.1), direction="sendonly")
         await self._exchange(peer, f"/whip/{stream}")
         return peer
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,7 +21,6 @@ from typing import Any
 
 import aiohttp
 import aioice.stun
-import av
 import numpy as np
 from aiohttp import web
 from aiortc import (
@@ -35,7 +32,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamvsr.bench.camera import PacedCamera
+from streamvsr.bench.camera import PacedCamera, SineAudio
 from streamvsr.bench.histograms import bucket_quantile
 from streamvsr.config import load_settings
 from streamvsr.engines import EngineChoice
@@ -123,39 +120,6 @@ class SyntheticVideo(PacedCamera):
         self, make_frame: Callable[[int], np.ndarray] = pattern, fps: float = 30, first: int = 0
     ):
         super().__init__(make_frame, fps, first, keep_sent=True)
-
-
-class SineAudio(MediaStreamTrack):
-    """A paced 48 kHz stereo s16 sine in 20 ms frames."""
-
-    kind = "audio"
-    RATE = 48000
-    SAMPLES = 960
-
-    def __init__(self, frequency: float = 440.0, amplitude: float = 0.3):
-        super().__init__()
-        self.frequency = frequency
-        self.amplitude = amplitude
-        self.count = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.count * self.SAMPLES / self.RATE
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        t = (self.count * self.SAMPLES + np.arange(self.SAMPLES)) / self.RATE
-        mono = (self.amplitude * 32767 * np.sin(2 * math.pi * self.frequency * t)).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(
-            np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo"
-        )
-        frame.sample_rate = self.RATE
-        frame.pts = self.count * self.SAMPLES
-        frame.time_base = fractions.Fraction(1, self.RATE)
-        self.count += 1
-        return frame
 
 
 @dataclass
