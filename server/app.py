@@ -25,6 +25,7 @@ from .access import Action, policy
 from .cluster.node import ClusterNode, SingleNode
 from .cluster.routing import CLUSTER, PROXY, Proxy
 from .devices import DevicePool, device_labels
+from .egress import add_routes as add_egress_routes
 from .http import ACCESS, RUNTIME, allowed, authorize
 from .ice import rtc_configuration
 from .metrics import Metrics
@@ -69,6 +70,7 @@ def create_app(
     app.router.add_post("/offer", post_offer)
     app.router.add_get("/api/stats", get_stats)
     add_routes(app)
+    add_egress_routes(app)  # recordings and RTMP forwards of WHIP streams
     if WEB_ROOT.is_dir():
         app.router.add_get("/", index)
         app.router.add_static("/static/", WEB_ROOT)

@@ -9,6 +9,7 @@ import logging
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import OperationError
 
+from .egress import start_configured
 from .ice import advertise_public_ip
 from .problems import Problem
 from .publisher import Publisher
@@ -47,7 +48,10 @@ async def open_whip(rt: Runtime, stream: str, offer: str) -> tuple[WhipSession, 
     check_publish_offer(offer)
     with rt.registry.reservation(publishing=stream):
         session = WhipSession(PeerConnection(rt.rtc_config), Publisher(rt.metrics), stream)
-        return session, await _open_upscaled(rt, session, offer)
+        answer = await _open_upscaled(rt, session, offer)
+        # Its recording and RTMP forwards, once its tracks (audio too) are known; they end with it.
+        start_configured(rt, session)
+        return session, answer
 
 
 async def _open_upscaled(rt: Runtime, session: UpscaledSession, offer: str) -> str:

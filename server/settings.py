@@ -18,6 +18,7 @@ from streamvsr.engine.options import (
 )
 
 from .access import DEFAULT_USERS, Network, User, networks, user_list
+from .egress_targets import forward_map
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 
@@ -227,4 +228,27 @@ class ServerSettings:
         "most threads of each x264 encoder; it takes one per 960x540 of output, so that large "
         "frames encode in parallel slices (0: x264's choice, 1.5 per core, each encoder)",
         non_negative_int,
+    )
+    record_dir: str | None = setting(
+        None,
+        "folder of recordings (POST /api/streams/{stream}/record, record_streams): "
+        "{stream}-{UTC time}.mp4, the upscaled video (H.264) with the audio (AAC) as fragmented "
+        "MP4, playable up to its last fragment even if the server dies; null: no recording",
+        optional_str,
+    )
+    record_streams: tuple[str, ...] = setting(
+        [],
+        "streams recorded (to record_dir) while they are published: name patterns (* and ?), "
+        "comma-separated on the command line",
+        str_list,
+    )
+    forward: tuple[tuple[str, tuple[str, ...]], ...] = setting(
+        {},
+        "streams forwarded, upscaled and with their audio, by RTMP push while they are published: "
+        "{stream: [rtmp://host/app/key, rtmps://...]} (YAML text on the command line); a target "
+        "that refuses, drops or stalls is retried (1 s .. 30 s)",
+        forward_map,
+    )
+    egress_bitrate: int = setting(
+        6_000_000, "video bitrate of recordings and RTMP forwards (bit/s)", positive_int
     )
