@@ -101,13 +101,14 @@ async def _status(registry: ClusterRegistry, timeout_s: float) -> int:
 
 
 def format_status(nodes: list[NodeInfo], streams: dict[str, str], timeout_s: float) -> str:
-    rows = [("node", "url", "seen", "model", "viewers", "reserved", "step", "state")]
+    rows = [("node", "url", "seen", "model", "viewers", "reserved", "step", "queue", "state")]
     for n in nodes:
         state = "draining" if n.draining else "up" if n.age_s <= timeout_s else "silent"
         rows.append((
             n.id, n.url, f"{n.age_s:.1f} s ago",
             "{}/{}".format(*n.slots("model")), "{}/{}".format(*n.slots("viewer")),
-            str(n.reserved), f"{n.fields.get('step_ms', '0')} ms", state,
+            str(n.reserved), f"{n.fields.get('step_ms', '0')} ms",
+            f"{n.fields.get('queue_ms', '0')} ms", state,
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]

@@ -112,7 +112,8 @@ class ClusterNode(SingleNode):
         self._hosted: set[str] = set()
         self._proxied: OrderedDict[str, str] = OrderedDict()  # session id -> its node's URL
         self._task: asyncio.Task | None = None
-        self._steps = (0.0, 0.0)  # engine step seconds (sum, count) at the last heartbeat
+        # (sum, count) of a histogram at the last heartbeat, for means over the interval
+        self._last: dict[str, tuple[float, float]] = {}
         r = metrics.registry
         self.connected_gauge = Gauge(
             "streamvsr_cluster_connected", "1 while this node reaches the cluster's Redis",
@@ -209,21 +210,19 @@ class ClusterNode(SingleNode):
             "viewer_slots": self.slots["viewer"],
             "viewer_used": used_viewers,
             "sessions": len(self.sessions),
-            "step_ms": round(self._mean_step() * 1000, 1),
+            "step_ms": round(self._mean("streamvsr_engine_step_seconds") * 1000, 1),
+            "queue_ms": round(self._mean("streamvsr_queue_wait_seconds") * 1000, 1),
             "draining": int(self.draining),
         }
 
-    def _mean_step(self) -> float:
-        """Mean engine step time since the last heartbeat (0 when idle)."""
+    def _mean(self, histogram: str) -> float:
+        """The mean of a histogram's observations since the last heartbeat (0 when none)."""
         sample = self.metrics.registry.get_sample_value
-        now = (
-            sample("streamvsr_engine_step_seconds_sum") or 0.0,
-            sample("streamvsr_engine_step_seconds_count") or 0.0,
-        )
-        steps = now[1] - self._steps[1]
-        mean = (now[0] - self._steps[0]) / steps if steps else 0.0
-        self._steps = now
-        return mean
+        now = (sample(f"{histogram}_sum") or 0.0, sample(f"{histogram}_count") or 0.0)
+        then = self._last.get(histogram, (0.0, 0.0))
+        self._last[histogram] = now
+        count = now[1] - then[1]
+        return (now[0] - then[0]) / count if count else 0.0
 
     async def _drain_step(self, deadline_ms: float) -> None:
         if not self.draining:
