@@ -397,7 +397,7 @@ class Egress:
         self.error: str | None = None
         self.frames = 0
         self._publisher = publisher
-        self._tracks = publisher.subscribe()
+        self._tracks = publisher.subscribe_frames()
         self._has_audio = any(t.kind == "audio" for t in self._tracks)
         self._video_in: av.VideoFrame | None = None
         self._audio_in: deque[tuple[av.AudioFrame, float]] = deque()

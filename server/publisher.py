@@ -76,6 +76,11 @@ class Publisher:
         self._audio.add(audio)
         return [video, audio]
 
+    def subscribe_frames(self) -> list[MediaStreamTrack]:
+        """A subscriber's tracks of raw media, for those that encode it their own way (the
+        egresses): the upscaled frames (newest wins) and the audio if the stream has any."""
+        return self.subscribe()
+
     def unsubscribe(self, tracks: Iterable[MediaStreamTrack]) -> None:
         """Stop a subscriber's tracks; no more frames go to them."""
         for track in tracks:

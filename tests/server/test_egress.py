@@ -228,7 +228,7 @@ async def test_a_write_error_ends_the_recording_not_the_stream(caplog) -> None:
         Path("/dev/full"), "cam", "session", publisher, egress.EncodeConfig(threads=1),
         egress_metrics, new_file=False,
     )  # fmt: skip
-    [viewer, _] = publisher.subscribe()
+    [viewer, _] = publisher.subscribe_frames()
     caplog.set_level(logging.INFO, "streamvsr.server.egress")
     for n in range(60):
         lr = pattern(n)
