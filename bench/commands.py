@@ -68,17 +68,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench-serving",
         help="measure the server end to end with real WebRTC clients over loopback",
         description="Start `streamvsr serve`, connect 1, 2, ... synthetic webcam streams and "
-        "report receive->send latency, CPU per stream and drops, until frames drop.",
+        "report receive->send latency, CPU per stream and drops, until frames drop. With "
+        "--viewers: publish one WHIP stream and watch it with that many WHEP viewers in turn; "
+        "report the server's CPU per viewer and its encodes per second.",
     )
     p.add_argument(
         "--engine-args",
         default="--engine bicubic",
         help="flags for the server's engine (default: --engine bicubic)",
     )
-    p.add_argument("--size", type=parse_size, default=(180, 320), metavar="WxH")
-    p.add_argument("--fps", type=int, default=30)
+    p.add_argument(
+        "--size", type=parse_size, metavar="WxH", help="client video (default 320x180; 160x90 "
+        "with --viewers)",
+    )  # fmt: skip
+    p.add_argument("--fps", type=int, help="client frames/s (default 30; 15 with --viewers)")
     p.add_argument("--seconds", type=float, default=5.0, help="measurement per stream count")
     p.add_argument("--max-streams", type=int, default=8)
+    p.add_argument(
+        "--viewers",
+        type=parse_int_list,
+        metavar="N[,N...]",
+        help="measure one WHIP stream with this many WHEP viewers in turn (e.g. 1,5,20)",
+    )
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=cmd_bench_serving)
 
@@ -180,11 +191,21 @@ def _bench_serving_with(engine: EngineSettings, args: argparse.Namespace) -> lis
 def cmd_bench_serving(args: argparse.Namespace) -> int:
     import json
 
-    from .serving import format_table, run
-
-    height, width = args.size
     engine_args = [a for a in args.engine_args.split() if a]
-    results = run(engine_args, args.max_streams, args.seconds, (width, height), args.fps)
+    if args.viewers:
+        from .viewers import ViewerBench, format_table, run
+
+        height, width = args.size or (90, 160)
+        bench = ViewerBench(
+            counts=tuple(args.viewers), size=(width, height), fps=args.fps or 15,
+            seconds=args.seconds, engine_args=tuple(engine_args),
+        )  # fmt: skip
+        results = run(bench)
+    else:
+        from .serving import format_table, run
+
+        height, width = args.size or (180, 320)
+        results = run(engine_args, args.max_streams, args.seconds, (width, height), args.fps or 30)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

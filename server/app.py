@@ -44,6 +44,7 @@ WEB_ROOT = Path(str(resources.files("streamvsr.web")))  # the page, shipped as p
 METRICS = web.AppKey("metrics", Metrics)
 STARTUP = web.AppKey("startup", asyncio.Task)
 STATUS = web.AppKey("status", dict)
+ENCODERS = web.AppKey("encoders", encoders.Encoders)
 
 
 def create_app(
@@ -78,13 +79,13 @@ def create_app(
     h264_codec = encoders.select_h264_encoder(settings.server.h264_encoder)  # ConfigError: no NVENC
 
     async def start(app: web.Application) -> None:
-        encoder_factory = encoders.encoder_factory(
+        app[ENCODERS] = encoders.Encoders(
             encoders.EncoderSettings.from_server(settings.server, h264_codec),
             lambda codec, seconds: app[METRICS].encode.labels(codec).observe(seconds),
             app[METRICS].frame_encoded_latency.observe,
         )  # fmt: skip
         startup.install(
-            encoder_factory=encoder_factory,
+            encoder_factory=app[ENCODERS].for_sender,
             decoder_factory=decoding.decoder_factory(app[METRICS].undecodable_frames.inc),
             host_addresses=settings.server.ice_host_addresses,
             udp_ports=(settings.server.udp_port_min, settings.server.udp_port_max),
@@ -142,7 +143,8 @@ async def _start_engine(
     choice, engine = choices[0], choices[0].engine
     app[RUNTIME] = Runtime(
         settings.server, choice, metrics, pool, registry,
-        rtc_configuration(settings.server.ice_servers), base_seed=settings.engine.seed,
+        rtc_configuration(settings.server.ice_servers), app[ENCODERS],
+        base_seed=settings.engine.seed,
     )  # fmt: skip
     metrics.model.info(
         {"engine": engine.name, "model": str(getattr(engine, "model_id", "") or engine.name),

@@ -1,9 +1,10 @@
 """Outgoing video encoders suited to upscaled video, timed for metrics.
 
 aiortc caps H264 at 3 Mbps (VP8 at 1.5 Mbps) and runs x264 with its slow default preset: fine for a
-webcam, too little and too slow for 720p-1440p output. ``encoder_factory`` makes encoders with
-our caps and preset; aiortc has no setting for this, so ``streamvsr.startup`` installs it in place
-of aiortc's factory.
+webcam, too little and too slow for 720p-1440p output. ``Encoders`` makes encoders with
+our caps and preset; aiortc has no setting for this, so ``streamvsr.startup`` installs
+``Encoders.for_sender`` in place of aiortc's factory. Viewers of a stream share its encoder
+(``stream_encoding``).
 H.264 is encoded on the GPU with NVENC (``h264_nvenc``) where it can be opened, else with x264
 (``server.h264_encoder``: auto, x264 or nvenc; see ``select_h264_encoder``).
 """
@@ -18,14 +19,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import av
 import av.logging
+from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import get_encoder as aiortc_get_encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
 from .settings import ServerSettings
+from .stream_encoding import AudioStreamEncoder, Delivery, SharedEncoder, StreamEncoder
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -251,23 +258,84 @@ class TimedEncoder:
             setattr(self._inner, name, value)
 
 
-def encoder_factory(
-    settings: EncoderSettings,
-    observe: Callable[[str, float], None],
-    on_latency: Callable[[float], None] = lambda seconds: None,
-):
-    """A stand-in for aiortc's ``get_encoder``: the tuned encoders, reporting (codec, seconds)
-    per frame, and each frame's arrival-to-encoded seconds to ``on_latency``."""
+class SenderEncoder:
+    """What an aiortc video sender is given as its encoder. A viewer's sender gets its frames
+    encoded already (``stream_encoding.Delivery``): it passes them through, and its receiver's
+    estimates (REMB) go to the viewer. A sender of raw frames (a client peer in this process)
+    gets a tuned encoder of its own, made on its first frame."""
 
-    def get_encoder(codec):
+    def __init__(self, make: Callable[[], object]):
+        self._make = make
+        self._inner = None
+        self._viewer = None
+
+    def encode(self, frame, force_keyframe: bool = False):
+        if self._inner is None:
+            self._inner = self._make()
+        return self._inner.encode(frame, force_keyframe)
+
+    def pack(self, data):
+        if isinstance(data, Delivery):
+            self._viewer = data.viewer
+            return data.frame.payloads, data.frame.timestamp
+        if self._inner is None:
+            self._inner = self._make()
+        return self._inner.pack(data)
+
+    @property
+    def target_bitrate(self) -> int:
+        inner = self._viewer.encoder if self._viewer else self._inner
+        return getattr(inner, "target_bitrate", 0)
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        if self._viewer is not None:
+            self._viewer.report_bitrate(bitrate)
+        elif self._inner is not None:
+            self._inner.target_bitrate = bitrate
+
+
+class Encoders:
+    """The server's encoders. Video ones are tuned (``settings``) and timed: reporting (codec,
+    seconds) per frame to ``observe``, and each frame's arrival-to-encoded seconds to
+    ``on_latency``.
+
+    ``for_stream`` makes a stream's shared encoder for a codec; ``for_sender`` stands in for
+    aiortc's ``get_encoder`` (``streamvsr.startup`` installs it)."""
+
+    def __init__(
+        self,
+        settings: EncoderSettings | None = None,
+        observe: Callable[[str, float], None] = lambda codec, seconds: None,
+        on_latency: Callable[[float], None] = lambda seconds: None,
+    ):
+        self.settings = settings or EncoderSettings()
+        self._observe = observe
+        self._on_latency = on_latency
+
+    def make(self, mime: str):
+        """A tuned, timed encoder for ``mime`` (video/h264 or video/vp8)."""
+        name = mime.lower().split("/")[1]
+        encoder = (TunedH264Encoder if name == "h264" else TunedVp8Encoder)(self.settings)
+        return TimedEncoder(encoder, lambda seconds: self._observe(name, seconds), self._on_latency)
+
+    def for_stream(self, mime: str, metrics: Metrics) -> SharedEncoder:
+        """A stream's encoder for ``mime`` (video/h264, video/vp8, audio/opus...)."""
+        if mime.startswith("audio/"):
+            return AudioStreamEncoder(mime, aiortc_get_encoder(_codec(mime)))
+        settings = self.settings
+        return StreamEncoder(
+            mime, self.make(mime), metrics, settings.min_bitrate, settings.max_bitrate,
+            settings.viewer_bitrate,
+        )  # fmt: skip
+
+    def for_sender(self, codec):
         mime = codec.mimeType.lower()
-        if mime == "video/h264":
-            encoder = TunedH264Encoder(settings)
-        elif mime == "video/vp8":
-            encoder = TunedVp8Encoder(settings)
-        else:
-            return aiortc_get_encoder(codec)
-        name = mime.split("/")[1]
-        return TimedEncoder(encoder, lambda seconds: observe(name, seconds), on_latency)
+        if mime.startswith("audio/"):
+            return SenderEncoder(lambda: aiortc_get_encoder(codec))
+        return SenderEncoder(lambda: self.make(mime))
 
-    return get_encoder
+
+def _codec(mime: str) -> RTCRtpCodecParameters:
+    """Codec parameters for aiortc's ``get_encoder``, which reads the mime type only."""
+    return RTCRtpCodecParameters(mimeType=mime, clockRate=48000 if "opus" in mime else 8000)

@@ -16,6 +16,7 @@ STAGE_BUCKETS = (
 SESSION_KINDS = ("browser", "whip", "whep")
 DROP_REASONS = (
     "stale", "engine_error", "session_closed", "decode_error", "encoder_busy", "encoder_behind",
+    "viewer_behind",
 )  # fmt: skip
 
 # Counted in aiortc's decoder threads, which know no app: one count per process, shown by every
@@ -36,7 +37,7 @@ class Metrics:
         self.frame_latency = Histogram(
             "streamvsr_frame_latency_seconds",
             "Time from a frame's arrival (its first RTP packet) to handing its upscaled frame to "
-            "the sender",
+            "its stream's encoder (once per codec that its viewers use)",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.frame_encoded_latency = Histogram(
@@ -74,11 +75,13 @@ class Metrics:
             "streamvsr_frames_received_total", "Video frames received", registry=r
         )
         self.frames_sent = Counter(
-            "streamvsr_frames_sent_total", "Upscaled frames handed to senders", registry=r
+            "streamvsr_frames_sent_total",
+            "Encoded upscaled frames handed to viewers' senders",
+            registry=r,
         )
         self.frames_dropped = Counter(
             "streamvsr_frames_dropped_total",
-            "Frames not upscaled, by reason", ["reason"], registry=r,
+            "Frames not upscaled, or upscaled and not sent, by reason", ["reason"], registry=r,
         )  # fmt: skip
         self.undecodable_frames = UNDECODABLE_FRAMES
         r.register(UNDECODABLE_FRAMES)

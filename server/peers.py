@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import OperationError
 
+from .codec_choice import add_sender, use_negotiated_codecs
 from .egress import start_configured
 from .ice import advertise_public_ip
 from .problems import Problem
@@ -37,9 +38,9 @@ async def open_browser(rt: Runtime, offer: str) -> tuple[BrowserSession, str]:
     """The page's session; returns it and the SDP answer."""
     check_publish_offer(offer)
     with rt.registry.reservation():
-        session = BrowserSession(PeerConnection(rt.rtc_config), Publisher(rt.metrics))
+        session = BrowserSession(PeerConnection(rt.rtc_config), Publisher(rt.metrics, rt.encoders))
         # The upscaled video goes back on the offer's video section.
-        _add_sender(session.pc, session.output, "sendrecv", rt.settings.video_codec)
+        add_sender(session.pc, session.output, "sendrecv", rt.settings.video_codec)
         return session, await _open_upscaled(rt, session, offer)
 
 
@@ -47,7 +48,9 @@ async def open_whip(rt: Runtime, stream: str, offer: str) -> tuple[WhipSession, 
     """A WHIP publisher of ``stream``; returns it and the SDP answer."""
     check_publish_offer(offer)
     with rt.registry.reservation(publishing=stream):
-        session = WhipSession(PeerConnection(rt.rtc_config), Publisher(rt.metrics), stream)
+        session = WhipSession(
+            PeerConnection(rt.rtc_config), Publisher(rt.metrics, rt.encoders), stream
+        )
         answer = await _open_upscaled(rt, session, offer)
         # Its recording and RTMP forwards, once its tracks (audio too) are known; they end with it.
         start_configured(rt, session)
@@ -82,7 +85,7 @@ async def open_whep(rt: Runtime, stream: str, offer: str) -> tuple[WhepSession, 
     with rt.registry.reservation(viewing=stream):
         session = WhepSession(PeerConnection(rt.rtc_config), source)
         for track in session.tracks:
-            _add_sender(session.pc, track, "sendonly", rt.settings.video_codec)
+            add_sender(session.pc, track, "sendonly", rt.settings.video_codec)
         if rt.settings.viewer_timeout_s:
             _watch_when_connected(rt, session)
         return session, await _answer(rt, session, offer)
@@ -141,6 +144,7 @@ async def _answer(rt: Runtime, session: PeerSession, offer: str) -> str:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # e.g. a=mid lines that aiortc cannot match up
             raise _unusable(exc, parsing=False) from exc
+        use_negotiated_codecs(pc)
     except BaseException:
         await _discard(rt, session)
         raise
@@ -181,15 +185,3 @@ async def _close_unless_connected(rt: Runtime, session: PeerSession) -> None:
     await asyncio.sleep(timeout_s)
     if session.pc.connectionState != "connected":
         await rt.registry.close(session, f"not connected within {timeout_s:g} s")
-
-
-def _add_sender(pc: RTCPeerConnection, track, direction: str, video_codec: str) -> None:
-    """A transceiver for ``track``, made before the offer is applied so that the offer's section
-    of that kind uses it, and so that our codec preference decides what we encode with."""
-    transceiver = pc.addTransceiver(track, direction=direction)
-    if track.kind == "video":
-        codecs = RTCRtpSender.getCapabilities("video").codecs
-        preferred = f"video/{video_codec}"
-        transceiver.setCodecPreferences(
-            sorted(codecs, key=lambda c: c.mimeType.lower() != preferred)
-        )

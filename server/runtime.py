@@ -10,6 +10,7 @@ from aiortc import RTCConfiguration
 from streamvsr.config import ServerSettings
 from streamvsr.engines import EngineChoice
 
+from .encoders import Encoders
 from .metrics import Metrics
 from .scheduler import FrameScheduler
 from .sessions import SessionRegistry
@@ -24,6 +25,7 @@ class Runtime:
     scheduler: FrameScheduler
     registry: SessionRegistry
     rtc_config: RTCConfiguration
+    encoders: Encoders  # the stream encoders' (whose viewers share them)
     base_seed: int | None = 0
     _seeds: itertools.count = field(default_factory=itertools.count)
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from aiortc import RTCIceCandidate
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from .problems import Problem
 
@@ -195,3 +195,14 @@ def ice_credentials(sdp: str) -> tuple[str | None, str | None]:
 def media_ids(sdp: str) -> list[str]:
     """The a=mid values of an SDP, in m= line order."""
     return re.findall(r"^a=mid:(\S+)", sdp, re.MULTILINE)
+
+
+def sending_codecs(sdp: str) -> dict[str, str]:
+    """The codec (mime type) each m= section of our own description sends with, by mid: its
+    first codec, as aiortc's senders use it."""
+    description = SessionDescription.parse(sdp)
+    return {
+        media.rtp.muxId: media.rtp.codecs[0].mimeType.lower()
+        for media in description.media
+        if media.rtp.codecs and media.rtp.muxId
+    }

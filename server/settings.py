@@ -18,7 +18,7 @@ from streamvsr.engine.options import (
 )
 
 from .access import DEFAULT_USERS, Network, User, networks, user_list
-from .egress_targets import forward_map
+from .egress.targets import forward_map
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 
@@ -87,13 +87,13 @@ class ServerSettings:
         positive_int,
     )
     max_viewers: int = setting(
-        8,
-        "concurrent WHEP viewers in all (each has its own encoder), apart from max_sessions; "
-        "beyond it: 503 + Retry-After",
+        32,
+        "concurrent WHEP viewers in all, apart from max_sessions (a stream's viewers share its "
+        "encoder: each costs its packets, ~1% of a core at 640x360); beyond it: 503 + Retry-After",
         positive_int,
     )
     max_viewers_per_stream: int = setting(
-        8, "concurrent WHEP viewers of one stream; beyond it: 503 + Retry-After", positive_int
+        32, "concurrent WHEP viewers of one stream; beyond it: 503 + Retry-After", positive_int
     )
     max_batch: int = setting(
         8,
@@ -141,7 +141,7 @@ class ServerSettings:
     viewer_timeout_s: float = setting(
         10,
         "a WHEP viewer from which nothing (RTCP receiver reports) arrives for this long is "
-        "closed and its encoder freed (0: never, for players that send no RTCP)",
+        "closed and its place freed (0: never, for players that send no RTCP)",
         non_negative,
     )
     users: tuple[User, ...] = setting(
@@ -223,6 +223,13 @@ class ServerSettings:
         4_000_000, "outgoing video bitrate at the start (bit/s)", positive_int
     )
     max_bitrate: int = setting(12_000_000, "highest outgoing video bitrate (bit/s)", positive_int)
+    viewer_bitrate: int = setting(
+        0,
+        "video bitrate for every viewer of a stream, who share one encoder per codec (bit/s); "
+        "0: follow the most constrained viewer's receive estimate (REMB), within "
+        "min_bitrate..max_bitrate",
+        non_negative_int,
+    )
     encoder_threads: int = setting(
         4,
         "most threads of each x264 encoder; it takes one per 960x540 of output, so that large "
@@ -244,9 +251,11 @@ class ServerSettings:
     )
     forward: tuple[tuple[str, tuple[str, ...]], ...] = setting(
         {},
-        "streams forwarded, upscaled and with their audio, by RTMP push while they are published: "
-        "{stream: [rtmp://host/app/key, rtmps://...]} (YAML text on the command line); a target "
-        "that refuses, drops or stalls is retried (1 s .. 30 s)",
+        "streams forwarded, upscaled and with their audio, while they are published: {stream: "
+        "[rtmp://host/app/key, https://host/whip/name, ...]} (YAML text on the command line): "
+        "rtmp:// and rtmps:// by RTMP push, http:// and https:// to a WHIP endpoint "
+        "(https://user:password@...: Basic, https://:token@...: Bearer); a target that refuses, "
+        "drops or stalls is retried (1 s .. 30 s)",
         forward_map,
     )
     egress_bitrate: int = setting(

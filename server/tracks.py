@@ -66,46 +66,40 @@ class SessionSize:
 
 
 class UpscaledTrack(MediaStreamTrack):
-    """Outgoing video: the newest upscaled frame of a session (a one-frame mailbox).
+    """Raw upscaled video for a subscriber that encodes it its own way (an egress): the newest
+    frame (a one-frame mailbox).
 
-    Its sender pulls: it takes a frame, encodes and sends it, then asks for the next one. From
-    taking a frame until asking again its encoder is busy (``behind`` tells the input pump).
+    Its reader takes a frame, works on it, then asks for the next one; until it asks again it is
+    busy (``behind`` tells the input pump).
     """
 
     kind = "video"
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self):
         super().__init__()
-        self._metrics = metrics
         self._frame: av.VideoFrame | None = None
-        self._received_at = 0.0
         self._ready = asyncio.Event()
-        self._consumed = False
-        self._encoding = False  # the sender took a frame and has not asked for the next yet
+        self._busy = False  # the reader took a frame and has not asked for the next yet
 
     def behind(self, frame_coming: bool) -> bool:
-        """Whether this output's encoder is busy and its next frame is already here (or
-        ``frame_coming`` from the engine): a frame upscaled now would only replace that one."""
-        return self._encoding and (self._frame is not None or frame_coming)
+        """Whether its reader is busy and its next frame is already here (or ``frame_coming``
+        from the engine): a frame upscaled now would only replace that one."""
+        return self._busy and (self._frame is not None or frame_coming)
 
     def put(self, frame: av.VideoFrame, received_at: float) -> None:
-        if self._frame is not None and self._consumed:
-            self._metrics.frames_dropped.labels("encoder_busy").inc()
-        frame.opaque = received_at  # for the encoder's end-to-end latency (TimedEncoder)
-        self._frame, self._received_at = frame, received_at
+        frame.opaque = received_at  # the input frame's arrival, for the reader's clock
+        self._frame = frame
         self._ready.set()
 
     async def recv(self) -> av.VideoFrame:
-        self._encoding = False  # the sender is done with its last frame
+        self._busy = False  # the reader is done with its last frame
         while self._frame is None:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
         frame, self._frame = self._frame, None
-        self._consumed = self._encoding = True
-        self._metrics.frames_sent.inc()
-        self._metrics.frame_latency.observe(time.monotonic() - self._received_at)
+        self._busy = True
         return frame
 
     def stop(self) -> None:
@@ -114,20 +108,20 @@ class UpscaledTrack(MediaStreamTrack):
 
 
 def deliver_to(publisher: Publisher, metrics: Metrics) -> Callable[[Processed], Callable[[], None]]:
-    """The scheduler's callback for one session, run in its worker thread: makes the HR frames
-    there (megapixels of copying stay off the event loop) and returns what hands them, on the
-    event loop, to each of the publisher's output tracks (the browser's own; one per WHEP viewer
-    of a WHIP stream). A viewer that joins in between gets the next frame."""
+    """The scheduler's callback for one session, run in its worker thread: makes the HR frame
+    there (megapixels of copying stay off the event loop) and returns what hands it, on the
+    event loop, to each of the publisher's outputs (the stream's encoder per codec, whose viewers
+    share it; each egress). An output added in between gets the next frame."""
 
     def deliver(result: Processed) -> Callable[[], None]:
-        pixels = result.frame.numpy()
-        # A frame each: encoders run in threads and set fields on the frame they encode.
-        frames = [_video_frame(pixels, result) for _ in publisher.outputs]
+        # One frame for all: outputs only read its pixels; an H.264 encoder sets its picture
+        # type, which only that codec's one encoder of the stream reads.
+        frame = _video_frame(result.frame.numpy(), result)
 
         def hand_over() -> None:
             metrics.queue_wait.observe(result.queue_wait)
-            for track, frame in zip(publisher.outputs, frames):
-                track.put(frame, result.received_at)
+            for output in publisher.outputs:
+                output.put(frame, result.received_at)
 
         return hand_over
 

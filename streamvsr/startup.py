@@ -36,7 +36,8 @@ def install(
 
     chatter_level: log level of the chatty libraries (diffusers and transformers are always held
         at errors, without progress bars).
-    encoder_factory: aiortc's video encoder factory (``server.encoders.encoder_factory``).
+    encoder_factory: aiortc's video encoder factory (``server.encoders.Encoders``); a
+        receiver's PLI and FIR also reach its sender's track if that has ``request_keyframe``.
     decoder_factory: aiortc's decoder factory (``server.decoding.decoder_factory``); received
         video frames are stamped with their first RTP packet's arrival for its decoders.
     host_addresses: the only host ICE candidates aioice offers (empty: all but loopback).
@@ -58,6 +59,7 @@ def install(
         _quiet_libraries(chatter_level)
     if encoder_factory is not None:
         _replace_encoder_factory(encoder_factory)
+        _pass_keyframe_requests_to_tracks()
     if decoder_factory is not None:
         _replace_decoder_factory(decoder_factory)
         _stamp_frame_arrivals()
@@ -99,6 +101,26 @@ def _replace_encoder_factory(factory: Callable) -> None:
     # aiortc caps bitrates for webcams and has no setting for its encoders: senders look the
     # factory up in this module on each new encoder, so replacing it reaches every sender.
     rtcrtpsender.get_encoder = factory
+
+
+def _pass_keyframe_requests_to_tracks() -> None:
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    if getattr(RTCRtpSender._send_keyframe, "reaches_tracks", False):
+        return
+    send_keyframe = RTCRtpSender._send_keyframe
+
+    # aiortc applies a PLI or FIR to the frames its sender encodes itself; a viewer's sender
+    # sends what its stream's shared encoder made (server.stream_encoding), so the request must
+    # reach that encoder, through the viewer's track.
+    def _send_keyframe(self: RTCRtpSender) -> None:
+        send_keyframe(self)
+        request = getattr(self.track, "request_keyframe", None)
+        if request is not None:
+            request()
+
+    _send_keyframe.reaches_tracks = True
+    RTCRtpSender._send_keyframe = _send_keyframe
 
 
 def _replace_decoder_factory(factory: Callable) -> None:

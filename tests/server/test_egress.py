@@ -1,6 +1,8 @@
 """Egress end to end on 127.0.0.1: a WHIP stream's upscaled video and its audio recorded to
-fragmented MP4 (also by a server that is SIGKILLed) and forwarded by RTMP to a real ingest
-(Debian's nginx with its RTMP module), and targets that fail without disturbing the stream."""
+fragmented MP4 (also by a server that is SIGKILLed), forwarded by RTMP to a real ingest (Debian's
+nginx with its RTMP module; by RTMPS through a TLS terminator in front of it) and by WHIP to a
+second server (through a front door that redirects), and targets that fail without disturbing
+the stream."""
 
 from __future__ import annotations
 
@@ -14,16 +16,20 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import av
 import numpy as np
 import pytest
+from aiohttp import web
 from aiortc import RTCSessionDescription
+from support.certificates import self_signed_certificate
 from support.webrtc import (
     LOOPBACK,
     SineAudio,
@@ -36,6 +42,7 @@ from support.webrtc import (
     problem_of,
     running_server,
     value,
+    viewer_offer,
     wait_until,
 )
 
@@ -43,6 +50,10 @@ from streamvsr.config import ConfigError, load_settings
 from streamvsr.engine import BicubicEngine
 from streamvsr.server import egress
 from streamvsr.server.access import hash_token
+from streamvsr.server.egress import rtmp
+from streamvsr.server.egress.targets import redact
+from streamvsr.server.egress.whip import Endpoint
+from streamvsr.server.http import RUNTIME
 from streamvsr.server.metrics import Metrics
 from streamvsr.server.publisher import Publisher
 
@@ -82,6 +93,22 @@ async def publish(http: aiohttp.ClientSession, video, audio, stream: str = "cam"
         await pc.close()
         raise
     return pc, location
+
+
+async def view(http: aiohttp.ClientSession, stream: str = "cam"):
+    """A WHEP viewer of ``stream``: its peer and the collector of what it receives."""
+    pc, collector, offer = await viewer_offer(keep_images=False)
+    try:
+        async with http.post(
+            f"/whep/{stream}", data=offer, headers={"Content-Type": SDP}
+        ) as response:
+            answer = await response.text()
+            assert response.status == 201, answer
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    except BaseException:
+        await pc.close()
+        raise
+    return pc, collector
 
 
 def egress_count(samples, kind: str, state: str | None = None) -> float:
@@ -371,33 +398,42 @@ def rtmp_ingest(tmp_path: Path):
         nginx.stop()
 
 
+async def listed_target(server) -> str:
+    """The target of the stream's one forward, as the API shows it."""
+    async with server.http.get("/api/streams/cam/egress") as response:
+        assert response.status == 200
+        [listed] = await response.json()
+    return listed["target"]
+
+
+async def pull_back(url: str, sent: SyntheticVideo, frames: int) -> None:
+    """Decode ``frames`` video and audio frames of the stream at ``url`` (in a thread: FFmpeg's
+    RTMP blocks) and check them against what was sent."""
+    loop = asyncio.get_running_loop()
+    video, audio = await asyncio.wait_for(
+        loop.run_in_executor(None, decode, url, frames, frames, 10), 30
+    )
+    check_media(video, audio, sent)
+
+
 async def test_rtmp_forward_to_nginx(rtmp_ingest: Nginx) -> None:
     url = f"{rtmp_ingest.url}/secret-key"
     video, audio = SyntheticVideo(), SineAudio(frequency=440)
     settings = {"forward": {"cam": [url]}}
-    loop = asyncio.get_running_loop()
     async with running_server(BicubicEngine("cpu"), server=settings) as server:
         http = server.http
         pc, location = await publish(http, video, audio)
         try:
             await wait_for_state(server, "rtmp", "running", 1, 20)
-            async with http.get("/api/streams/cam/egress") as response:
-                [listed] = await response.json()
-            assert listed["target"] == f"{rtmp_ingest.url}/***", listed  # the key is not shown
-            frames, sound = await asyncio.wait_for(
-                loop.run_in_executor(None, decode, url, 20, 20, 10), 30
-            )
-            check_media(frames, sound, video)
+            assert await listed_target(server) == f"{rtmp_ingest.url}/***"  # the key is not shown
+            await pull_back(url, video, 20)
 
             # The ingest goes away and comes back: the forward reconnects.
             rtmp_ingest.stop()
             await wait_for_state(server, "rtmp", "retrying", 1, 15)
             rtmp_ingest.start()
             await wait_for_state(server, "rtmp", "running", 1, 15)
-            frames, sound = await asyncio.wait_for(
-                loop.run_in_executor(None, decode, url, 10, 10, 10), 30
-            )
-            check_media(frames, sound, video)
+            await pull_back(url, video, 10)
 
             async with http.delete(location) as response:
                 assert response.status == 200
@@ -406,6 +442,88 @@ async def test_rtmp_forward_to_nginx(rtmp_ingest: Nginx) -> None:
             assert value(samples, "streamvsr_egress_failures_total", kind="rtmp") >= 1
         finally:
             await pc.close()
+
+
+class TlsTerminator:
+    """TLS on 127.0.0.1:<free port> (a self-signed certificate), each connection relayed to plain
+    TCP on 127.0.0.1:``upstream`` until either side closes: RTMPS in front of nginx, whose RTMP
+    module has no TLS. Counts the connections that completed the handshake and the bytes relayed
+    each way."""
+
+    def __init__(self, folder: Path, upstream: int):
+        self.upstream = upstream
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(*self_signed_certificate(folder))
+        self.accepted = 0
+        self.relayed = {"to ingest": 0, "to client": 0}
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._relays: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> TlsTerminator:
+        self._server = await asyncio.start_server(self._relay, LOOPBACK, 0, ssl=self.context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._relays:
+            task.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        self._relays.add(task := asyncio.current_task())
+        if to_client.get_extra_info("ssl_object") is not None:  # the handshake is done
+            self.accepted += 1
+        to_ingest = None
+        try:
+            ingest, to_ingest = await asyncio.open_connection(LOOPBACK, self.upstream)
+            await asyncio.gather(
+                self._pipe(client, to_ingest, "to ingest"),
+                self._pipe(ingest, to_client, "to client"),
+            )
+        except OSError:
+            pass
+        finally:
+            for writer in (to_client, to_ingest):
+                if writer is not None:
+                    writer.close()
+            self._relays.discard(task)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                self.relayed[direction] += len(data)
+                writer.write(data)
+                await writer.drain()
+        except OSError:  # a reset, or TLS ended without its close_notify
+            pass
+        finally:
+            writer.close()  # the other pipe reads its end of file
+
+
+async def test_rtmps_forward_through_tls(rtmp_ingest: Nginx, tmp_path: Path) -> None:
+    """An rtmps:// target (FFmpeg's TLS: gnutls in PyAV's wheels, no certificate check by
+    default) through a TLS terminator in front of nginx; pulled back from nginx by plain RTMP."""
+    video, audio = SyntheticVideo(), SineAudio(frequency=440)
+    async with TlsTerminator(tmp_path, rtmp_ingest.port) as tls:
+        front = f"rtmps://{LOOPBACK}:{tls.port}/live"
+        settings = {"forward": {"cam": [f"{front}/secret-key"]}}
+        async with running_server(BicubicEngine("cpu"), server=settings) as server:
+            pc, _ = await publish(server.http, video, audio)
+            try:
+                await wait_for_state(server, "rtmp", "running", 1, 20)
+                assert await listed_target(server) == f"{front}/***"  # the key is not shown
+                await pull_back(f"{rtmp_ingest.url}/secret-key", video, 20)
+                assert tls.accepted >= 1
+                assert tls.relayed["to ingest"] > 20_000, tls.relayed  # media, not just handshakes
+                assert tls.relayed["to client"] > 0, tls.relayed
+            finally:
+                await pc.close()
 
 
 async def test_bad_forward_targets_leave_the_stream_alone(caplog) -> None:
@@ -419,7 +537,7 @@ async def test_bad_forward_targets_leave_the_stream_alone(caplog) -> None:
         pc, location = await publish(http, SyntheticVideo(), SineAudio())
         try:
             await wait_for_state(server, "rtmp", "retrying", 1, 15)
-            for body in ({"url": "http://example.org/live/key"}, {"url": "rtmp://"}, {"u": 1}):
+            for body in ({"url": "srt://127.0.0.1:9000"}, {"url": "rtmp://"}, {"u": 1}):
                 async with http.post("/api/streams/cam/forward", json=body) as response:
                     assert response.status == 400, body
                     problem = await problem_of(response)
@@ -432,14 +550,20 @@ async def test_bad_forward_targets_leave_the_stream_alone(caplog) -> None:
                 assert response.status == 200  # forwarded there already (retrying)
                 assert (await response.json())["state"] == "retrying"
 
-            # The stream goes on: frames come in and go out, the session stays.
-            before = await server.scrape()
-            await asyncio.sleep(1.5)
-            after = await server.scrape()
-            for name in ("streamvsr_frames_received_total", "streamvsr_frames_sent_total"):
-                assert value(after, name) > value(before, name) + 10, name
+            # The stream goes on: frames come in and go out to a viewer, the session stays.
+            viewer, collector = await view(http)
+            try:
+                await collector.wait_video(1, 15)
+                before = await server.scrape()
+                await collector.wait_video(len(collector.video) + 10, 5)
+                after = await server.scrape()
+            finally:
+                await viewer.close()
+                await collector.stop()
+            name = "streamvsr_frames_received_total"
+            assert value(after, name) >= value(before, name) + 5, name
             status, ready = await server.readyz()
-            assert status == 200 and ready["sessions"] == 1
+            assert status == 200 and ready["sessions"] == 2
             assert value(after, "streamvsr_egress_failures_total", kind="rtmp") >= 1
 
             async with http.delete(
@@ -464,7 +588,7 @@ async def test_a_silent_rtmp_target_is_dropped_and_retried(
     """A target that accepts the connection and never answers the RTMP handshake (FFmpeg has no
     timeout for it, and holds the GIL meanwhile: the pusher process takes that): the forward
     is dropped and retried, the server and the stream go on, and it ends with the stream."""
-    monkeypatch.setattr(egress, "HANDSHAKE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(rtmp, "HANDSHAKE_TIMEOUT_S", 1.0)
     held: list[asyncio.StreamWriter] = []
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -498,11 +622,227 @@ async def test_a_silent_rtmp_target_is_dropped_and_retried(
         await silent.wait_closed()
 
 
-def test_forward_setting_needs_rtmp_urls() -> None:
-    for bad in ({"cam": ["http://example.org/live/key"]}, {"cam": "srt://host:9000"}, ["x"]):
+def test_forward_setting_needs_rtmp_or_whip_urls() -> None:
+    for bad in ({"cam": ["ftp://example.org/live/key"]}, {"cam": "srt://host:9000"}, ["x"],
+                {"cam": ["https:///whip"]}, {"cam": ["rtmp://host"]}):  # fmt: skip
         with pytest.raises(ConfigError, match=r"server\.forward"):
             load_settings(env={}, overrides={"server": {"forward": bad}})
-    settings = load_settings(
-        env={}, overrides={"server": {"forward": "{cam: [rtmps://a.example/app/key]}"}}
+    text = "{cam: [rtmps://a.example/app/key, 'https://:t@b.example/whip/cam?x=1']}"
+    settings = load_settings(env={}, overrides={"server": {"forward": text}})
+    assert dict(settings.server.forward) == {
+        "cam": ("rtmps://a.example/app/key", "https://:t@b.example/whip/cam?x=1")
+    }
+
+
+# --- WHIP ----------------------------------------------------------------------------------------
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def http_server(handler: Handler) -> AsyncIterator[str]:
+    """``handler`` answering every request on 127.0.0.1 at a free port; yields its URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, LOOPBACK, 0).start()
+        yield f"http://{LOOPBACK}:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def sessions_of(server) -> int:
+    status, ready = await server.readyz()
+    assert status == 200, ready
+    return ready["sessions"]
+
+
+async def wait_for_sessions(server, count: int, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (found := await sessions_of(server)) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"{found} sessions, not {count}"
+        await asyncio.sleep(0.1)
+
+
+async def forwards(server) -> list[dict]:
+    async with server.http.get("/api/streams/cam/egress") as response:
+        assert response.status == 200
+        return [e for e in await response.json() if e["kind"] == "whip"]
+
+
+async def test_whip_forward_to_another_server_through_a_redirect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A's stream reaches B (4x of 4x: 16x the size sent, with its audio); the forward follows
+    the front door's 307 and sends its DELETE to B's session, which ends as soon as A's
+    publisher goes, or as the API stops a forward."""
+    seen: list[tuple[str, str]] = []  # what reached the front door
+    deleted: list[str] = []
+    delete = Endpoint.delete
+
+    async def noted_delete(self: Endpoint, http, session, name: str) -> None:
+        deleted.append(str(session))
+        await delete(self, http, session, name)
+
+    monkeypatch.setattr(Endpoint, "delete", noted_delete)
+    async with running_server(BicubicEngine("cpu")) as b:
+
+        async def redirect(request: web.Request) -> web.Response:
+            seen.append((request.method, request.path))
+            raise web.HTTPTemporaryRedirect(b.url + request.path_qs)
+
+        async with http_server(redirect) as front:
+            settings = {"forward": {"cam": [f"{front}/whip/relay"]}}
+            async with running_server(BicubicEngine("cpu"), server=settings) as a:
+                pc, location = await publish(a.http, SyntheticVideo(), SineAudio(frequency=440))
+                try:
+                    await wait_for_state(a, "whip", "running", 1, 15)
+                    [listed] = await forwards(a)
+                    assert listed["target"] == f"{front}/***" and listed["audio"] is True
+                    viewer, collector = await view(b.http, "relay")
+                    try:
+                        await collector.wait_video(3, 15)
+                        await collector.wait_audio(10, 10)
+                    finally:
+                        await viewer.close()
+                        await collector.stop()
+                    size = (LR[0] * SCALE * SCALE, LR[1] * SCALE * SCALE)
+                    assert {(f.width, f.height) for f in collector.video} == {size}
+
+                    # B drops the session: the forward reconnects (through the front door).
+                    registry = b.app[RUNTIME].registry
+                    await registry.close(registry.source_of("relay"), "dropped by the test")
+                    await wait_for_state(a, "whip", "retrying", 1, 10)
+                    await wait_for_state(a, "whip", "running", 1, 10)
+                    assert registry.source_of("relay") is not None
+                    [listed] = await forwards(a)
+                    assert listed["error"] == "the target closed the connection", listed
+
+                    # Started and stopped by the API: B's session ends at once (the DELETE).
+                    body = {"url": f"{b.url}/whip/copy"}
+                    async with a.http.post("/api/streams/cam/forward", json=body) as response:
+                        assert response.status == 201, await response.text()
+                        assert (await response.json())["kind"] == "whip"
+                    await wait_for_state(a, "whip", "running", 2, 15)
+                    assert await sessions_of(b) == 2
+                    async with a.http.delete(
+                        "/api/streams/cam/forward", data=json.dumps(body)
+                    ) as response:
+                        assert response.status == 200
+                    await wait_for_sessions(b, 1, 3)
+
+                    # A's publisher goes: so does B's stream.
+                    async with a.http.delete(location) as response:
+                        assert response.status == 200
+                    await wait_for_sessions(b, 0, 5)
+                    await wait_for_state(a, "whip", None, 0, 5)
+                    samples = await a.scrape()
+                    assert value(samples, "streamvsr_egress_failures_total", kind="whip") == 1
+                finally:
+                    await pc.close()
+    assert seen == [("POST", "/whip/relay")] * 2
+    # To B's session URLs, as B's Locations said (relative: resolved against B's URL).
+    relay, copy = f"{b.url}/whip/relay", f"{b.url}/whip/copy"
+    assert [url.rpartition("/")[0] for url in deleted] == [relay, copy, relay]
+
+
+async def test_bad_whip_targets_leave_the_stream_alone(caplog) -> None:
+    """A target that is not there, one that refuses (403 with a problem, 401 in plain text) and
+    one that answers an unusable SDP: each retries with its error in the API, without showing
+    the URL's secrets, while A's viewers get the stream."""
+    caplog.set_level(logging.INFO, "streamvsr.server")
+    heard: dict[str, list[tuple[str | None, str]]] = {}
+
+    async def target(request: web.Request) -> web.Response:
+        heard.setdefault(request.path, []).append(
+            (request.headers.get("Authorization"), request.query_string)
+        )
+        if request.path == "/forbidden":
+            problem = {"type": "about:blank", "title": "Forbidden", "detail": "bad key"}
+            return web.json_response(problem, status=403, content_type="application/problem+json")
+        if request.path == "/unauthorized":
+            return web.Response(status=401, text="token needed\nmore")
+        return web.Response(status=201, text="v=0 nonsense", headers={"Location": "/s/1"})
+
+    async with http_server(target) as fake:
+        async with http_server(target) as gone:
+            pass  # its port is free again: nothing listens there
+        urls = [
+            f"{gone}/whip/cam",
+            fake.replace("//", "//user:s3cret@") + "/forbidden?key=k3y",
+            fake.replace("//", "//:t0ken@") + "/unauthorized",
+            f"{fake}/answer",
+        ]
+        async with running_server(BicubicEngine("cpu"), server={"forward": {"cam": urls}}) as a:
+            http = a.http
+            pc, location = await publish(http, SyntheticVideo(), SineAudio())
+            try:
+                await wait_for_state(a, "whip", "retrying", 4, 15)
+                errors = {e["target"]: e["error"] for e in await forwards(a)}
+                assert len(errors) == 2, errors  # the fake's three look alike: hidden paths
+                assert "Connection refused" in errors[f"{gone}/***"], errors
+                found = {e["error"] for e in await forwards(a)}
+                assert any("403 Forbidden: Forbidden - bad key" in e for e in found), found
+                assert any("401 Unauthorized: token needed" in e for e in found), found
+                assert any("unusable SDP answer" in e for e in found), found
+                assert heard["/forbidden"][0] == ("Basic dXNlcjpzM2NyZXQ=", "key=k3y")
+                assert heard["/unauthorized"][0] == ("Bearer t0ken", "")
+
+                for bad, why in (
+                    ("ftp://127.0.0.1/x", "https:// (WHIP) URL, not ftp://"),
+                    ("http:///whip", "needs a host"),
+                    ("https://127.0.0.1:99999/", "port"),
+                ):
+                    async with http.post("/api/streams/cam/forward", json={"url": bad}) as response:
+                        assert response.status == 400, bad
+                        assert why in (await problem_of(response))["detail"], bad
+
+                # A's viewers get the stream all along.
+                viewer, collector = await view(http)
+                try:
+                    await collector.wait_video(10, 15)
+                finally:
+                    await viewer.close()
+                    await collector.stop()
+                samples = await a.scrape()
+                assert value(samples, "streamvsr_egress_failures_total", kind="whip") >= 4
+                async with http.delete(location) as response:
+                    assert response.status == 200
+                await wait_for_state(a, "whip", None, 0, 10)
+            finally:
+                await pc.close()
+    for secret in ("s3cret", "k3y", "t0ken"):
+        assert secret not in caplog.text, secret
+
+
+def test_whip_urls_show_no_secrets_and_carry_credentials() -> None:
+    assert redact("https://u:p@h.example:8443/whip/cam?key=k") == "https://h.example:8443/***"
+    assert redact("http://[::1]/") == "http://[::1]/"
+    bearer = Endpoint("https://:tok%2F@h.example/whip?key=value")
+    assert bearer._headers == {"Authorization": "Bearer tok/"}
+    assert str(bearer.url) == "https://h.example/whip?key=value"
+    assert bearer.hide_secrets("no https://h.example/whip?key=value") == (
+        "no https://h.example/whip?***"
     )
-    assert dict(settings.server.forward) == {"cam": ("rtmps://a.example/app/key",)}
+    assert Endpoint("http://h.example/whip")._headers == {}
+    assert Endpoint("http://me@h.example/whip")._headers == {"Authorization": "Basic bWU6"}
+
+
+async def test_whip_session_url_resolves_against_the_final_url() -> None:
+    """Relative redirects and a relative Location, resolved step by step."""
+    answers = {
+        "/a": (307, "b?x=1"),  # relative to /a: /b?x=1
+        "/b": (308, "/c/"),
+        "/c/": (201, "session/9"),  # relative to /c/: /c/session/9
+    }
+
+    async def target(request: web.Request) -> web.Response:
+        status, location = answers[request.path]
+        return web.Response(status=status, text="v=0\r\n", headers={"Location": location})
+
+    async with http_server(target) as url, aiohttp.ClientSession() as http:
+        session, answer = await Endpoint(f"{url}/a").offer(http, "v=0\r\n")
+    assert str(session) == f"{url}/c/session/9" and answer == "v=0\r\n"

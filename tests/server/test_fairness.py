@@ -8,6 +8,7 @@ import asyncio
 import fractions
 import itertools
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from support.webrtc import (
 )
 
 from streamvsr.engine import BicubicEngine
+from streamvsr.server.encoders import Encoders
 from streamvsr.server.metrics import Metrics
 from streamvsr.server.publisher import Publisher
 from streamvsr.server.scheduler import FrameScheduler
@@ -169,16 +171,44 @@ async def poll(check: Callable[[], bool], what: str, timeout: float = 5.0) -> No
         await asyncio.sleep(0.005)
 
 
+class HeldEncoder:
+    """An aiortc-style encoder that encodes (to one H.264 IDR payload, timestamped with the
+    frame's pts) only once the test lets it: ``release`` lets one frame through."""
+
+    def __init__(self) -> None:
+        self.target_bitrate = 1_000_000
+        self.started: list[int] = []
+        self._go = threading.Semaphore(0)
+
+    def encode(self, frame: av.VideoFrame, force_keyframe: bool = False):
+        self.started.append(frame.pts)
+        self._go.acquire()
+        return [bytes([0x65, frame.pts])], frame.pts
+
+    def release(self) -> None:
+        self._go.release()
+
+
+class HeldEncoders(Encoders):
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = HeldEncoder()
+
+    def make(self, mime: str) -> HeldEncoder:
+        return self.held
+
+
 async def test_an_encoder_that_is_behind_gets_no_frames_upscaled_that_it_cannot_take() -> None:
-    """The output's sender takes frame 0 and keeps encoding it; frame 1 is upscaled as its next;
-    frames 2-5 would only replace frame 1 unsent, so they skip the engine (``encoder_behind``).
-    Once the sender asks for its next frame (and gets 1), frame 6 is upscaled again."""
-    metrics, steps = Metrics(), []
+    """The stream's encoder takes frame 0 and keeps encoding it; frame 1 is upscaled as its next;
+    frames 2-5 would only replace frame 1 unencoded, so they skip the engine (``encoder_behind``).
+    Once frame 0 is encoded (and the encoder takes 1), frame 6 is upscaled again."""
+    metrics, steps, encoders = Metrics(), [], HeldEncoders()
     scheduler = FrameScheduler(
         BicubicEngine("cpu"), asyncio.get_running_loop(), on_step=lambda n, *_: steps.append(n)
     )
-    publisher = Publisher(metrics)
-    [output] = publisher.subscribe()
+    publisher = Publisher(metrics, encoders)
+    [viewer] = publisher.subscribe()
+    viewer.use("video/H264")
     scheduler.add_source("s", deliver_to(publisher, metrics), seed=0)
     scheduler.start()
     video = QueuedVideo()
@@ -195,36 +225,42 @@ async def test_an_encoder_that_is_behind_gets_no_frames_upscaled_that_it_cannot_
 
     try:
         video.put(0)
-        assert (await asyncio.wait_for(output.recv(), 5)).pts == 0  # now encoding frame 0
+        await poll(lambda: encoders.held.started == [0], "frame 0 to be encoding")
         video.put(1)
-        await poll(lambda: output.behind(frame_coming=False), "frame 1 to wait for the encoder")
+        await poll(lambda: publisher.behind(frame_coming=False), "frame 1 to wait")
         for index in range(2, 6):
             video.put(index)
         await poll(lambda: count("streamvsr_frames_received_total") == 6, "frames 2-5")
         assert count("streamvsr_frames_dropped_total", reason="encoder_behind") == 4
         assert len(steps) == 2  # frames 0 and 1 only
-        assert (await output.recv()).pts == 1  # the sender is done with frame 0: next, frame 1
+        encoders.held.release()  # frame 0 is encoded: the viewer gets it, the encoder takes 1
+        assert (await asyncio.wait_for(viewer.recv(), 5)).frame.timestamp == 0
+        await poll(lambda: encoders.held.started == [0, 1], "frame 1 to be encoding")
+        encoders.held.release()
+        assert (await asyncio.wait_for(viewer.recv(), 5)).frame.timestamp == 1
         video.put(6)
-        assert (await asyncio.wait_for(output.recv(), 5)).pts == 6
+        await poll(lambda: encoders.held.started == [0, 1, 6], "frame 6 to be encoding")
         assert len(steps) == 3
         assert count("streamvsr_frames_dropped_total", reason="encoder_busy") == 0
     finally:
+        encoders.held.release()
         pump.cancel()
+        publisher.stop()
         scheduler.stop()
 
 
-async def test_an_output_is_behind_while_encoding_with_its_next_frame_on_the_way() -> None:
-    output = UpscaledTrack(Metrics())
+async def test_an_egress_track_is_behind_while_busy_with_its_next_frame_on_the_way() -> None:
+    output = UpscaledTrack()
     frame = av.VideoFrame(8, 8, "rgb24")
-    assert not output.behind(frame_coming=True)  # no sender has taken a frame yet
+    assert not output.behind(frame_coming=True)  # no reader has taken a frame yet
     output.put(frame, time.monotonic())
-    assert await output.recv() is frame  # the sender encodes it now
+    assert await output.recv() is frame  # the reader works on it now
     assert not output.behind(frame_coming=False)
     assert output.behind(frame_coming=True)
     output.put(av.VideoFrame(8, 8, "rgb24"), time.monotonic())
     assert output.behind(frame_coming=False)
     await output.recv()
-    asking = asyncio.create_task(output.recv())  # done encoding: it asks for the next one
+    asking = asyncio.create_task(output.recv())  # done: it asks for the next one
     await asyncio.sleep(0)
     assert not output.behind(frame_coming=True)
     output.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import itertools
 import logging
 import sys
@@ -19,10 +18,7 @@ from pathlib import Path
 import aioice.ice
 import av
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from support.certificates import self_signed_certificate
 from support.webrtc import running_server, value, wait_until
 
 from streamvsr.engine import BicubicEngine
@@ -52,33 +48,6 @@ while time.monotonic() - start < seconds:
     time.sleep(max(0.0, start + n / 30 - time.monotonic()))
 out.close()
 """
-
-
-def p256_certificate(folder: Path) -> list[str]:
-    """A self-signed P-256 certificate and its key (PEM files) for the muxer."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return [str(cert_file), str(key_file)]
 
 
 @contextlib.asynccontextmanager
@@ -118,7 +87,8 @@ async def test_ffmpeg_streams_for_over_a_minute(
     monkeypatch.setattr(consent, "consents", recording)
     async with running_server(BicubicEngine("cpu")) as server:
         url = f"{server.url}/whip/cam"
-        async with ffmpeg_publisher(url, seconds, p256_certificate(tmp_path)) as publisher:
+        files = [str(f) for f in self_signed_certificate(tmp_path, "ffmpeg-whip")]
+        async with ffmpeg_publisher(url, seconds, files) as publisher:
             await wait_until(lambda: frames(server), 30, "the first frames from FFmpeg")
             started, counts = time.monotonic(), []
             while time.monotonic() - started < seconds - 5:

@@ -4,6 +4,7 @@ the publisher ends every subscriber's tracks (no network)."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 
 import av
 import pytest
@@ -12,6 +13,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamvsr.server.metrics import Metrics
 from streamvsr.server.publisher import Publisher
+from streamvsr.server.stream_encoding import AUDIO_DEPTH
 from streamvsr.server.tracks import UpscaledTrack
 
 
@@ -29,7 +31,7 @@ class QueuedAudio(MediaStreamTrack):
             self.queue.put_nowait(None)
             return
         frame = av.AudioFrame(format="s16", layout="mono", samples=960)
-        frame.pts = pts
+        frame.pts, frame.sample_rate, frame.time_base = pts, 48000, fractions.Fraction(1, 48000)
         self.queue.put_nowait(frame)
 
     async def recv(self):
@@ -41,10 +43,10 @@ class QueuedAudio(MediaStreamTrack):
 
 async def test_subscribe_and_unsubscribe() -> None:
     publisher = Publisher(Metrics())
-    [video_only] = publisher.subscribe()  # no audio yet: only video
+    [video_only] = publisher.subscribe_frames()  # no audio yet: only video
     assert isinstance(video_only, UpscaledTrack)
     publisher.publish_audio(QueuedAudio())
-    video, audio = publisher.subscribe()
+    video, audio = publisher.subscribe_frames()
     assert (video.kind, audio.kind) == ("video", "audio")
     assert set(publisher.outputs) == {video_only, video}
 
@@ -55,12 +57,29 @@ async def test_subscribe_and_unsubscribe() -> None:
     publisher.stop()
 
 
+async def test_viewers_of_a_codec_share_one_encoder_which_ends_with_the_last() -> None:
+    publisher = Publisher(Metrics())
+    viewers = [publisher.subscribe()[0] for _ in range(3)]
+    for viewer, codec in zip(viewers, ("video/H264", "video/h264", "video/VP8")):
+        viewer.use(codec)
+    h264, vp8 = sorted(publisher.outputs, key=lambda e: e.mime)
+    assert (h264.mime, vp8.mime) == ("video/h264", "video/vp8")
+    assert h264.viewers == set(viewers[:2]) and vp8.viewers == {viewers[2]}
+
+    publisher.unsubscribe([viewers[0], viewers[2]])
+    assert publisher.outputs == (h264,) and h264.viewers == {viewers[1]}
+    publisher.unsubscribe([viewers[1]])
+    assert publisher.outputs == ()
+    assert all(viewer.readyState == "ended" for viewer in viewers)
+    publisher.stop()
+
+
 async def test_a_slow_subscriber_drops_its_oldest_audio() -> None:
     source = QueuedAudio()
     publisher = Publisher(Metrics(), audio_depth=3)
     publisher.publish_audio(source)
-    _, fast = publisher.subscribe()
-    _, slow = publisher.subscribe()
+    _, fast = publisher.subscribe_frames()
+    _, slow = publisher.subscribe_frames()
     for pts in range(10):
         source.push(pts)
         assert (await asyncio.wait_for(fast.recv(), 1)).pts == pts
@@ -77,12 +96,34 @@ async def test_a_slow_subscriber_drops_its_oldest_audio() -> None:
 async def test_stop_ends_every_subscriber() -> None:
     publisher = Publisher(Metrics())
     publisher.publish_audio(AudioStreamTrack())  # aiortc's silence, one frame per 20 ms
-    video, audio = publisher.subscribe()
+    video, audio = publisher.subscribe_frames()
+    viewer_video, viewer_audio = publisher.subscribe()
+    viewer_audio.use("audio/opus")
     await asyncio.wait_for(audio.recv(), 1)
+    await asyncio.wait_for(viewer_audio.recv(), 1)
     waiting = asyncio.create_task(video.recv())  # no upscaled frame comes: it waits
     await asyncio.sleep(0)
     publisher.stop()
-    for ended in (waiting, audio.recv()):
+    for ended in (waiting, audio.recv(), viewer_video.recv(), viewer_audio.recv()):
         with pytest.raises(MediaStreamError):
             await asyncio.wait_for(ended, 1)
     assert publisher.outputs == ()
+
+
+async def test_audio_viewers_share_one_encode_and_a_slow_one_drops_its_oldest() -> None:
+    source = QueuedAudio()
+    publisher = Publisher(Metrics())
+    publisher.publish_audio(source)
+    tracks = [publisher.subscribe()[1] for _ in range(2)]
+    for track in tracks:
+        track.use("audio/OPUS")
+    fast, slow = tracks
+    assert fast.encoder is slow.encoder  # one Opus encoder for the stream
+    for pts in range(40):
+        source.push(pts * 960)
+        delivery = await asyncio.wait_for(fast.recv(), 1)
+        assert delivery.frame.payloads and delivery.viewer is fast
+    timestamps = [(await slow.recv()).frame.timestamp for _ in range(AUDIO_DEPTH)]
+    assert len(set(timestamps)) == AUDIO_DEPTH  # the newest 25 frames, in order
+    assert timestamps == sorted(timestamps)
+    publisher.stop()

@@ -86,11 +86,14 @@ async def test_close_is_idempotent(registry: SessionRegistry) -> None:
 async def test_closing_a_publisher_closes_its_viewers(registry: SessionRegistry) -> None:
     source = opened(registry, whip(registry))
     viewers = [opened(registry, WhepSession(RTCPeerConnection(), source)) for _ in range(2)]
+    for viewer in viewers:
+        viewer.tracks[0].use("video/h264")  # as negotiation does
     assert [active(registry, kind) for kind in ("browser", "whip", "whep")] == [0, 1, 2]
 
     await registry.close(viewers[0])  # a viewer leaves: the stream and the other viewer stay
     assert not source.closed and source.viewers == {viewers[1]}
-    assert source.publisher.outputs == (viewers[1].tracks[0],)
+    [encoder] = source.publisher.outputs
+    assert encoder.viewers == {viewers[1].tracks[0]}
     assert all(track.readyState == "ended" for track in viewers[0].tracks)
 
     await registry.close(source)

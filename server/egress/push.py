@@ -1,4 +1,5 @@
-"""The network end of an RTMP forward (``server.egress.RtmpForward``), in a process of its own.
+"""The network end of an RTMP forward (``rtmp.RtmpForward``), in a process of its own: run as a
+script by its path (the server imports only its names and ``message``).
 
 PyAV calls FFmpeg's ``avio_open`` (which connects and runs the RTMP handshake) and
 ``av_write_trailer`` holding the GIL: a target that accepts the connection and then says nothing
