@@ -268,6 +268,7 @@ class ViewerTrack(MediaStreamTrack):
         self._depth = VIEWER_DEPTH if kind == "video" else AUDIO_DEPTH
         self.encoder: SharedEncoder | None = None
         self.bitrate: int | None = None  # its receiver's estimate (REMB), once it sent one
+        self.on_sent: Callable[[], None] | None = None  # called per frame its sender takes
         self._queue: deque[EncodedFrame] = deque()
         self._ready = asyncio.Event()
         self._synced = False  # it had a keyframe and every frame since
@@ -313,7 +314,10 @@ class ViewerTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        self._metrics.frames_sent.inc()
+        if self.kind == "video":
+            self._metrics.frames_sent.inc()
+            if self.on_sent is not None:
+                self.on_sent()
         return Delivery(self._queue.popleft(), self)
 
     def stop(self) -> None:

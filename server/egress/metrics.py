@@ -21,8 +21,8 @@ class EgressMetrics:
         )  # fmt: skip
         self.frames = Counter(
             "streamvsr_egress_frames_total",
-            "Upscaled video frames written by egresses that encode them (recordings, RTMP), by "
-            "kind", ["kind"], registry=registry,
+            "Upscaled video frames written (recordings, RTMP) or sent (WHIP) by egresses, by kind",
+            ["kind"], registry=registry,
         )  # fmt: skip
         self.dropped = Counter(
             "streamvsr_egress_frames_dropped_total",
@@ -38,9 +38,9 @@ class EgressMetrics:
         )  # fmt: skip
         for kind in KINDS:
             self.failures.labels(kind)
+            self.frames.labels(kind)
             for state in STATES:
                 self.state.labels(kind, state)
-        for kind in ENCODING_KINDS:
-            self.frames.labels(kind)
+        for kind in ENCODING_KINDS:  # a WHIP forward's drops are its stream's viewer_behind
             for media in MEDIA:
                 self.dropped.labels(kind, media)

@@ -65,6 +65,7 @@ class WhipForward(Egress):
         self._rt = rt
         self._tracks: list[MediaStreamTrack] = []
         self._tracks_lost = asyncio.Event()
+        self.frames = 0
         self._subscribe()
         self._http: aiohttp.ClientSession | None = None
         super().__init__(session.stream, session.id, metrics)
@@ -74,7 +75,13 @@ class WhipForward(Egress):
         return redact(self.url)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "audio": any(t.kind == "audio" for t in self._tracks)}
+        audio = any(t.kind == "audio" for t in self._tracks)
+        return {**super().describe(), "frames": self.frames, "audio": audio}
+
+    def _sent(self) -> None:
+        """A frame went to the connection's sender."""
+        self.frames += 1
+        self.metrics.frames.labels(self.kind).inc()
 
     def _subscribe(self) -> None:
         """A new subscription in place of the last one (none once the stream has ended: its
@@ -87,6 +94,7 @@ class WhipForward(Egress):
         tracks = self._tracks
         video = next(t for t in tracks if t.kind == "video")
         video.on("ended", lambda: self._video_ended(tracks, lost))
+        video.on_sent = self._sent
         self._publisher.unsubscribe(old)
 
     def _video_ended(self, tracks: list[MediaStreamTrack], lost: asyncio.Event) -> None:

@@ -711,6 +711,10 @@ async def test_whip_forward_to_another_server_through_a_redirect(
                         await collector.stop()
                     size = (LR[0] * SCALE * SCALE, LR[1] * SCALE * SCALE)
                     assert {(f.width, f.height) for f in collector.video} == {size}
+                    [listed] = await forwards(a)
+                    assert listed["frames"] >= 3  # frames its sender took
+                    samples = await a.scrape()
+                    assert value(samples, "streamvsr_egress_frames_total", kind="whip") >= 3
 
                     # B drops the session: the forward reconnects (through the front door).
                     registry = b.app[RUNTIME].registry
