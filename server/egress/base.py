@@ -106,8 +106,9 @@ class Egress:
 
     async def _keep_connected(self, connect) -> None:
         """Run ``connect()`` (one connection, returning when the stream has ended) again after
-        each failure, after 1, 2, 4 ... 30 s; a connection that lasted ``STABLE_S`` starts the
-        backoff over. Each failure is counted, logged and kept in ``error``."""
+        each failure, after 1, 2, 4 ... 30 s, or the failure's ``retry_after`` if longer; a
+        connection that lasted ``STABLE_S`` starts the backoff over. Each failure is counted,
+        logged and kept in ``error``."""
         delay = BACKOFF_S[0]
         while not self._ended.is_set():
             started = time.monotonic()
@@ -122,10 +123,12 @@ class Egress:
                     return
                 if time.monotonic() - started >= STABLE_S:
                     delay = BACKOFF_S[0]
+                # A busy target's Retry-After, where it asked for longer than the backoff.
+                wait = max(delay, getattr(exc, "retry_after", None) or 0.0)
                 self._set_state("retrying")
-                log.warning("%s: %s; retrying in %g s", self, self.error, delay)
+                log.warning("%s: %s; retrying in %g s", self, self.error, wait)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), delay)
+                await asyncio.wait_for(self._ended.wait(), wait)
             delay = min(delay * 2, BACKOFF_S[1])
 
     def _error_text(self, exc: Exception) -> str:

@@ -47,10 +47,16 @@ SDP = "application/sdp"
 POST_TIMEOUT_S = 10.0  # the offer's POST, redirects included
 DELETE_TIMEOUT_S = 3.0
 MAX_REDIRECTS = 5
+MAX_RETRY_AFTER_S = 300.0
 
 
 class WhipError(Exception):
-    """A WHIP connection that failed; the message says why, without secrets."""
+    """A WHIP connection that failed; the message says why, without secrets. ``retry_after``:
+    the seconds a busy target (429, 503) asked to wait before trying again."""
+
+    def __init__(self, text: str, retry_after: float | None = None):
+        super().__init__(text)
+        self.retry_after = retry_after
 
 
 class WhipForward(Egress):
@@ -209,7 +215,7 @@ class Endpoint:
                         url = url.join(URL(location))  # the same POST again, there
                         continue
                     if response.status != 201:
-                        raise WhipError(await _refusal(response))
+                        raise WhipError(await _refusal(response), _retry_after(response))
                     if not location:
                         raise WhipError("the target answered 201 without a Location")
                     return url.join(URL(location)), await response.text()
@@ -232,6 +238,15 @@ def _reason(error: OSError) -> str:
     """Why a connect failed: "Connection refused" rather than asyncio's "Connect call failed
     (address)"; a name that does not resolve (negative errno) as the resolver says."""
     return os.strerror(error.errno) if (error.errno or 0) > 0 else error.strerror or str(error)
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """A busy target's ``Retry-After`` in seconds (the HTTP-date form is not used by WHIP
+    servers), at most ``MAX_RETRY_AFTER_S``."""
+    value = response.headers.get("Retry-After", "")
+    if response.status not in (429, 503) or not value.strip().isdigit():
+        return None
+    return min(float(value), MAX_RETRY_AFTER_S)
 
 
 async def _refusal(response: aiohttp.ClientResponse) -> str:

@@ -754,9 +754,10 @@ async def test_whip_forward_to_another_server_through_a_redirect(
 
 
 async def test_bad_whip_targets_leave_the_stream_alone(caplog) -> None:
-    """A target that is not there, one that refuses (403 with a problem, 401 in plain text) and
-    one that answers an unusable SDP: each retries with its error in the API, without showing
-    the URL's secrets, while A's viewers get the stream."""
+    """A target that is not there, one that refuses (403 with a problem, 401 in plain text), one
+    that answers an unusable SDP and a busy one (503, Retry-After): each retries (the busy one
+    when it asked) with its error in the API, without showing the URL's secrets, while A's
+    viewers get the stream."""
     caplog.set_level(logging.INFO, "streamvsr.server")
     heard: dict[str, list[tuple[str | None, str]]] = {}
 
@@ -769,6 +770,8 @@ async def test_bad_whip_targets_leave_the_stream_alone(caplog) -> None:
             return web.json_response(problem, status=403, content_type="application/problem+json")
         if request.path == "/unauthorized":
             return web.Response(status=401, text="token needed\nmore")
+        if request.path == "/busy":
+            return web.Response(status=503, headers={"Retry-After": "7"})
         return web.Response(status=201, text="v=0 nonsense", headers={"Location": "/s/1"})
 
     async with http_server(target) as fake:
@@ -779,12 +782,13 @@ async def test_bad_whip_targets_leave_the_stream_alone(caplog) -> None:
             fake.replace("//", "//user:s3cret@") + "/forbidden?key=k3y",
             fake.replace("//", "//:t0ken@") + "/unauthorized",
             f"{fake}/answer",
+            f"{fake}/busy",
         ]
         async with running_server(BicubicEngine("cpu"), server={"forward": {"cam": urls}}) as a:
             http = a.http
             pc, location = await publish(http, SyntheticVideo(), SineAudio())
             try:
-                await wait_for_state(a, "whip", "retrying", 4, 15)
+                await wait_for_state(a, "whip", "retrying", 5, 15)
                 errors = {e["target"]: e["error"] for e in await forwards(a)}
                 assert len(errors) == 2, errors  # the fake's three look alike: hidden paths
                 assert "Connection refused" in errors[f"{gone}/***"], errors
@@ -792,6 +796,8 @@ async def test_bad_whip_targets_leave_the_stream_alone(caplog) -> None:
                 assert any("403 Forbidden: Forbidden - bad key" in e for e in found), found
                 assert any("401 Unauthorized: token needed" in e for e in found), found
                 assert any("unusable SDP answer" in e for e in found), found
+                assert any("503 Service Unavailable" in e for e in found), found
+                assert "Service Unavailable; retrying in 7 s" in caplog.text  # its Retry-After
                 assert heard["/forbidden"][0] == ("Basic dXNlcjpzM2NyZXQ=", "key=k3y")
                 assert heard["/unauthorized"][0] == ("Bearer t0ken", "")
 
@@ -812,7 +818,7 @@ async def test_bad_whip_targets_leave_the_stream_alone(caplog) -> None:
                     await viewer.close()
                     await collector.stop()
                 samples = await a.scrape()
-                assert value(samples, "streamvsr_egress_failures_total", kind="whip") >= 4
+                assert value(samples, "streamvsr_egress_failures_total", kind="whip") >= 5
                 async with http.delete(location) as response:
                     assert response.status == 200
                 await wait_for_state(a, "whip", None, 0, 10)
