@@ -284,8 +284,9 @@ class SenderEncoder:
 
     @property
     def target_bitrate(self) -> int:
-        inner = self._viewer.encoder if self._viewer else self._inner
-        return getattr(inner, "target_bitrate", 0)
+        if self._viewer is not None:
+            return self._viewer.bitrate or 0
+        return getattr(self._inner, "target_bitrate", 0)
 
     @target_bitrate.setter
     def target_bitrate(self, bitrate: int) -> None:

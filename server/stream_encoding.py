@@ -8,11 +8,12 @@ numbers and timestamp origin: the encoder aiortc gives it (``encoders.SenderEnco
 ``Delivery`` through instead of encoding.
 
 Every viewer starts at a keyframe and then gets every frame (a decoder needs the frames its next
-one refers to): a viewer that joins waits for the next keyframe, and one that falls
-``VIEWER_DEPTH`` frames behind drops them and waits for the next one. Both ask for a keyframe, as
-does a viewer's PLI or FIR. Forced keyframes come at most every ``KEYFRAME_INTERVAL_S`` per stream
-and codec, so that viewers joining or losing packets cannot turn the stream into keyframes only;
-a request that comes sooner is served when that interval has passed.
+one refers to): a viewer gets nothing until its connection is up (its sender asks for a frame),
+then waits for the next keyframe; one that falls ``VIEWER_DEPTH`` frames behind drops them and
+waits for the next one. Both ask for a keyframe, as does a viewer's PLI or FIR. Forced keyframes
+come at most every ``KEYFRAME_INTERVAL_S`` per stream and codec, so that viewers joining or losing
+packets cannot turn the stream into keyframes only; a request that comes sooner is served when
+that interval has passed.
 
 Audio is shared the same way (``AudioStreamEncoder``): each received frame is encoded once per
 codec, which also spares every viewer's sender aiortc's per-frame audio level (a Python loop over
@@ -179,10 +180,6 @@ class StreamEncoder(SharedEncoder):
 
     # --- viewers ---
 
-    def join(self, viewer: ViewerTrack) -> None:
-        super().join(viewer)
-        self.request_keyframe()
-
     def leave(self, viewer: ViewerTrack) -> None:
         super().leave(viewer)
         self.bitrate_changed()
@@ -271,6 +268,7 @@ class ViewerTrack(MediaStreamTrack):
         self.on_sent: Callable[[], None] | None = None  # called per frame its sender takes
         self._queue: deque[EncodedFrame] = deque()
         self._ready = asyncio.Event()
+        self._started = False  # its sender asked for a frame: its connection is up
         self._synced = False  # it had a keyframe and every frame since
 
     def use(self, mime: str) -> None:
@@ -279,6 +277,8 @@ class ViewerTrack(MediaStreamTrack):
             self.encoder = self._join(self, mime.lower())
 
     def deliver(self, frame: EncodedFrame) -> None:
+        if not self._started or self.readyState != "live":
+            return  # nobody reads it yet (still connecting), or any more: nothing piles up
         if len(self._queue) >= self._depth:
             self._fell_behind()
         if not self._synced and not frame.keyframe:
@@ -309,6 +309,9 @@ class ViewerTrack(MediaStreamTrack):
             self.encoder.bitrate_changed()
 
     async def recv(self) -> Delivery:
+        if not self._started:  # the connection is up: start at the next keyframe
+            self._started = True
+            self.request_keyframe()
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError

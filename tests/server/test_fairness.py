@@ -209,6 +209,7 @@ async def test_an_encoder_that_is_behind_gets_no_frames_upscaled_that_it_cannot_
     publisher = Publisher(metrics, encoders)
     [viewer] = publisher.subscribe()
     viewer.use("video/H264")
+    first = asyncio.ensure_future(viewer.recv())  # its sender: connected, asking for a frame
     scheduler.add_source("s", deliver_to(publisher, metrics), seed=0)
     scheduler.start()
     video = QueuedVideo()
@@ -234,7 +235,7 @@ async def test_an_encoder_that_is_behind_gets_no_frames_upscaled_that_it_cannot_
         assert count("streamvsr_frames_dropped_total", reason="encoder_behind") == 4
         assert len(steps) == 2  # frames 0 and 1 only
         encoders.held.release()  # frame 0 is encoded: the viewer gets it, the encoder takes 1
-        assert (await asyncio.wait_for(viewer.recv(), 5)).frame.timestamp == 0
+        assert (await asyncio.wait_for(first, 5)).frame.timestamp == 0
         await poll(lambda: encoders.held.started == [0, 1], "frame 1 to be encoding")
         encoders.held.release()
         assert (await asyncio.wait_for(viewer.recv(), 5)).frame.timestamp == 1

@@ -119,11 +119,17 @@ async def test_audio_viewers_share_one_encode_and_a_slow_one_drops_its_oldest() 
         track.use("audio/OPUS")
     fast, slow = tracks
     assert fast.encoder is slow.encoder  # one Opus encoder for the stream
+    # Both connected: their senders ask for frames; the slow one takes one, then stalls.
+    first = asyncio.create_task(slow.recv())
     for pts in range(40):
+        receiving = asyncio.create_task(fast.recv())
+        await asyncio.sleep(0)
         source.push(pts * 960)
-        delivery = await asyncio.wait_for(fast.recv(), 1)
+        delivery = await asyncio.wait_for(receiving, 1)
         assert delivery.frame.payloads and delivery.viewer is fast
+    assert (await first).viewer is slow
     timestamps = [(await slow.recv()).frame.timestamp for _ in range(AUDIO_DEPTH)]
     assert len(set(timestamps)) == AUDIO_DEPTH  # the newest 25 frames, in order
     assert timestamps == sorted(timestamps)
+    assert (await first).frame.timestamp < timestamps[0] - 960  # older ones were dropped
     publisher.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections import deque
 
 import av
 import numpy as np
@@ -82,18 +83,31 @@ def viewer_of(encoder: StreamEncoder, metrics: Metrics) -> ViewerTrack:
 
 
 async def encoded(encoder: StreamEncoder, pts: int) -> None:
-    """Put a frame and wait until it is encoded and handed to the viewers."""
+    """Put a frame and wait until it is encoded and its viewers' senders took it."""
     count = len(encoder._encoder.forced)
     encoder.put(frame(pts), time.monotonic())
     while len(encoder._encoder.forced) == count or encoder.behind(False) or encoder._encoding:
         await asyncio.sleep(0.001)
+    await asyncio.sleep(0.005)
 
 
-async def timestamps(track: ViewerTrack) -> list[int]:
-    got = []
-    while track._queue:
-        got.append((await track.recv()).frame.timestamp)
-    return got
+class Sender:
+    """Reads a viewer's track as its aiortc sender does once its connection is up, keeping the
+    timestamps; after ``limit`` frames it stops reading (a stalled connection)."""
+
+    def __init__(self, track: ViewerTrack, limit: int | None = None):
+        self.got: list[int] = []
+        self.task = asyncio.ensure_future(self._read(track, limit))
+
+    async def _read(self, track: ViewerTrack, limit: int | None) -> None:
+        while limit is None or len(self.got) < limit:
+            self.got.append((await track.recv()).frame.timestamp)
+
+
+async def reading(track: ViewerTrack, limit: int | None = None) -> Sender:
+    sender = Sender(track, limit)
+    await asyncio.sleep(0)  # it asks for its first frame
+    return sender
 
 
 def test_keyframes_are_found_in_h264_and_vp8_payloads() -> None:
@@ -109,43 +123,48 @@ def test_keyframes_are_found_in_h264_and_vp8_payloads() -> None:
 async def test_a_viewer_starts_at_a_keyframe_and_requests_are_rate_limited() -> None:
     clock = Clock()
     encoder, inner, metrics = shared(clock)
-    first = viewer_of(encoder, metrics)
-    await encoded(encoder, 0)  # the first frame is a keyframe, forced for the joining viewer
+    first = await reading(viewer_of(encoder, metrics))  # connected: it asks for a keyframe
+    await encoded(encoder, 0)
     await encoded(encoder, 1)
     assert inner.forced == [True, False]
-    assert await timestamps(first) == [0, 1]
+    assert first.got == [0, 1]
 
     clock.now += 0.2
-    late = viewer_of(encoder, metrics)  # asks for a keyframe, too soon after the last one
+    late_track = viewer_of(encoder, metrics)
+    await encoded(encoder, 2)  # it is still connecting: nothing for it, and no request
+    assert inner.forced[-1] is False
+    late = await reading(late_track)  # connected: asks for a keyframe, too soon after the last
     for _ in range(5):
-        late.request_keyframe()  # a PLI storm changes nothing
-    await encoded(encoder, 2)
-    assert inner.forced[-1] is False and await timestamps(late) == []  # waits for a keyframe
-    clock.now += KEYFRAME_INTERVAL_S
+        late_track.request_keyframe()  # a PLI storm changes nothing
     await encoded(encoder, 3)
+    assert inner.forced[-1] is False and late.got == []  # it waits for a keyframe
+    clock.now += KEYFRAME_INTERVAL_S
     await encoded(encoder, 4)
-    assert inner.forced[2:] == [False, True, False]  # one forced keyframe, once allowed
-    assert await timestamps(late) == [3, 4]
-    assert await timestamps(first) == [2, 3, 4]  # the first viewer got every frame
+    await encoded(encoder, 5)
+    assert inner.forced[3:] == [False, True, False]  # one forced keyframe, once allowed
+    assert late.got == [4, 5]
+    assert first.got == [0, 1, 2, 3, 4, 5]  # the first viewer got every frame
+    assert late_track._queue == deque()  # nothing from before it connected was kept
 
 
 async def test_a_viewer_that_falls_behind_drops_and_restarts_at_a_keyframe() -> None:
     clock = Clock()
     encoder, inner, metrics = shared(clock)
-    slow, fast = viewer_of(encoder, metrics), viewer_of(encoder, metrics)
-    for pts in range(VIEWER_DEPTH):
+    slow_track = viewer_of(encoder, metrics)
+    slow, fast = await reading(slow_track, limit=1), await reading(viewer_of(encoder, metrics))
+    for pts in range(VIEWER_DEPTH + 1):  # the slow one takes frame 0, then queues the rest
         await encoded(encoder, pts)
-    assert await timestamps(fast) == list(range(VIEWER_DEPTH))
     clock.now += KEYFRAME_INTERVAL_S
-    await encoded(encoder, VIEWER_DEPTH)  # the slow viewer's queue is full: it starts over
+    await encoded(encoder, VIEWER_DEPTH + 1)  # its queue is full: it drops it and starts over
     dropped = metrics.registry.get_sample_value(
         "streamvsr_frames_dropped_total", {"reason": "viewer_behind"}
     )
     assert dropped == VIEWER_DEPTH
-    await encoded(encoder, VIEWER_DEPTH + 1)  # the keyframe it asked for
+    await encoded(encoder, VIEWER_DEPTH + 2)  # the keyframe it asked for
     assert inner.forced[-1] is True
-    assert await timestamps(slow) == [VIEWER_DEPTH + 1]
-    assert await timestamps(fast) == [VIEWER_DEPTH, VIEWER_DEPTH + 1]
+    assert slow.got == [0]
+    assert (await slow_track.recv()).frame.timestamp == VIEWER_DEPTH + 2
+    assert fast.got == list(range(VIEWER_DEPTH + 3))  # the other viewer got every frame
 
 
 async def test_the_bitrate_follows_the_most_constrained_viewer() -> None:
@@ -178,15 +197,14 @@ async def test_a_viewers_pli_reaches_its_streams_encoder() -> None:
         clock = Clock()
         encoder, inner, metrics = shared(clock)
         viewer = viewer_of(encoder, metrics)
-        await encoded(encoder, 0)
-        clock.now += KEYFRAME_INTERVAL_S
+        await encoded(encoder, 0)  # the encoder's first frame: no keyframe asked for
         pc = client_pc()
         sender = pc.addTransceiver(viewer, direction="sendonly").sender
         assert isinstance(sender, RTCRtpSender)
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
         await sender._handle_rtcp_packet(pli)
         await encoded(encoder, 1)
-        assert inner.forced == [True, True]
+        assert inner.forced == [False, True]
         await pc.close()
 
 
