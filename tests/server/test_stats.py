@@ -17,6 +17,7 @@ from support.webrtc import (
 )
 
 from streamvsr.engine import BicubicEngine
+from streamvsr.server.stream_encoding import VIEWER_DEPTH
 
 
 class SlowStart(BicubicEngine):
@@ -79,7 +80,8 @@ async def test_stats_follow_a_session() -> None:
     assert after["session_open"] is False
     assert live["frames_received"] >= 20 and 0 < live["frames_sent"] <= live["frames_received"]
     # Receive -> send latency in seconds: the sum over the count is a plausible mean.
-    assert live["latency_count"] == live["frames_sent"]
+    # One latency per frame its stream's encoder took; its viewer got all but those in flight.
+    assert 0 <= live["latency_count"] - live["frames_sent"] <= VIEWER_DEPTH
     assert 0 < live["latency_seconds_sum"] / live["latency_count"] < 0.5
     assert live["encode_count"] > 0 and 0 < live["encode_seconds_sum"] / live["encode_count"] < 0.5
     # The same numbers as /metrics (the server is quiet now).
