@@ -143,6 +143,19 @@ class ServerProcess:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"the server did not become ready: {self.log_tail()}")
 
+    async def __aenter__(self) -> ServerProcess:
+        """Started and ready (stopped again if it does not become ready)."""
+        self.start()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.stop()
+
     def sample(self) -> dict[str, float]:
         assert self.process is not None
         return read_process(self.process.pid)
@@ -370,13 +383,8 @@ async def _hold(clients: Clients, config: Churn, server: ServerProcess) -> dict[
 
 async def _churn(config: Churn) -> dict[str, Any]:
     places = config.concurrency * len(config.kinds) + 2  # the hold: every kind at once
-    server = ServerProcess(list(config.engine_args), places, config.env)
-    server.start()
-    try:
-        await server.wait_ready()
+    async with ServerProcess(list(config.engine_args), places, config.env) as server:
         return await _measure(config, server)
-    finally:
-        server.stop()
 
 
 async def _measure(config: Churn, server: ServerProcess) -> dict[str, Any]:

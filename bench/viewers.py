@@ -117,13 +117,8 @@ async def _measure(bench: ViewerBench, server: ServerProcess) -> list[dict[str, 
 
 async def _run(bench: ViewerBench) -> list[dict[str, Any]]:
     places = max(bench.counts) + 2
-    server = ServerProcess(list(bench.engine_args), places)
-    server.start()
-    try:
-        await server.wait_ready()
+    async with ServerProcess(list(bench.engine_args), places) as server:
         return await _measure(bench, server)
-    finally:
-        server.stop()
 
 
 def run(bench: ViewerBench) -> list[dict[str, Any]]:

@@ -64,7 +64,8 @@ class Publisher:
         self._metrics = metrics
         self._encoders = encoders or Encoders()
         self._audio_depth = audio_depth
-        self._shared: dict[tuple[str, str], SharedEncoder] = {}  # by (kind, codec)
+        # The stream's encoders by kind, then codec.
+        self._shared: dict[str, dict[str, SharedEncoder]] = {"video": {}, "audio": {}}
         self._viewers: set[ViewerTrack] = set()
         self._frames: set[UpscaledTrack] = set()
         self._audio: set[RelayedTrack] = set()
@@ -75,8 +76,7 @@ class Publisher:
     def outputs(self) -> tuple[FrameOutput, ...]:
         """Where the next upscaled frame goes: the stream's video encoders and the egresses'
         frame tracks."""
-        video = [e for (kind, _), e in self._shared.items() if kind == "video"]
-        return (*video, *self._frames)
+        return (*self._shared["video"].values(), *self._frames)
 
     def behind(self, frame_coming: bool) -> bool:
         """Whether every output is behind (``StreamEncoder.behind``): a new frame would reach
@@ -105,10 +105,10 @@ class Publisher:
         return [video, audio]
 
     def _join(self, viewer: ViewerTrack, mime: str) -> SharedEncoder:
-        encoder = self._shared.get((viewer.kind, mime))
+        shared = self._shared[viewer.kind]
+        encoder = shared.get(mime)
         if encoder is None:
-            encoder = self._encoders.for_stream(mime, self._metrics)
-            self._shared[viewer.kind, mime] = encoder
+            encoder = shared[mime] = self._encoders.for_stream(mime, self._metrics)
         encoder.join(viewer)
         return encoder
 
@@ -125,10 +125,10 @@ class Publisher:
 
     def _leave(self, viewer: ViewerTrack, encoder: SharedEncoder) -> None:
         encoder.leave(viewer)
-        key = (viewer.kind, encoder.mime)
-        if not encoder.viewers and self._shared.get(key) is encoder:
+        shared = self._shared[viewer.kind]
+        if not encoder.viewers and shared.get(encoder.mime) is encoder:
             encoder.close()
-            del self._shared[key]
+            del shared[encoder.mime]
 
     def publish_audio(self, source: MediaStreamTrack) -> None:
         """Read ``source`` for as long as it lives (so that nothing piles up) and hand each frame
@@ -142,9 +142,8 @@ class Publisher:
                 frame = await source.recv()
                 for track in self._audio:
                     track.put(frame)
-                for (kind, _), encoder in list(self._shared.items()):
-                    if kind == "audio":
-                        encoder.put(frame)
+                for encoder in list(self._shared["audio"].values()):
+                    encoder.put(frame)
         except MediaStreamError:
             pass
         finally:  # the audio has ended: so does every subscriber's audio
